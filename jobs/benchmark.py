@@ -1,0 +1,31 @@
+"""Benchmarks that are too long or GPU-only for the test suite.
+
+python jobs/benchmark.py losses   # vectorised hybrid L_Dis vs a per-image loop (CPU)
+python jobs/benchmark.py models   # parameters and forward time per model at 518 (CPU, and GPU if present)
+python jobs/benchmark.py data     # Ray Data pipeline vs torch DataLoader, samples/s and time to first batch
+python jobs/benchmark.py train    # Ray Train loop vs plain PyTorch loop, same model and batch
+python jobs/benchmark.py tune     # ASHA vs full search on the synthetic task, and the paper's ablation grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = ("losses", "models", "data", "train", "tune")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=BENCHMARKS)
+    args, rest = parser.parse_known_args(argv)
+    from dad_ray.logging_utils import setup_logging
+
+    setup_logging()
+    module = importlib.import_module(f"dad_ray.bench.{args.name}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
