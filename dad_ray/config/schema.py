@@ -164,6 +164,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # used when use_gpu
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # Train worker group
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     seed: int = 0
     val_every: int = 500  # optimizer steps between validations (and checkpoints)

@@ -1,0 +1,125 @@
+"""Training checkpoints: everything needed to resume at the same step, written as a directory.
+
+Layout of one checkpoint directory (Ray merges the files every rank writes into one directory):
+
+    student.safetensors     the student in the official DAv2 key layout (loads into the official class)
+    trainer_state.pt        optimizer, scheduler, step, epoch, feature projections, teacher draw state
+    config.yaml             the resolved experiment config
+    rng_rank{R}.pt          each rank's torch / CUDA / NumPy / Python RNG states
+
+``trainer_state.pt`` and ``rng_rank*.pt`` hold only tensors and plain Python containers, so they load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dad_ray.config import ExperimentConfig, save_config
+from dad_ray.models import load_weights, save_weights
+
+STUDENT_FILE = "student.safetensors"
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainState:
+    """Counters that travel with a checkpoint. ``step`` = optimizer steps completed."""
+
+    step: int = 0
+    epoch: int = 0
+    val_round: int = 0
+    best_abs_rel: float = float("inf")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    rank: int,
+    student: torch.nn.Module,
+    extra_modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
+    cfg: ExperimentConfig,
+    extra_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 writes the model and trainer state)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
+    if rank == 0:
+        save_weights(student, directory / STUDENT_FILE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "modules": {k: m.state_dict() for k, m in extra_modules.items()},
+                "step": state.step,
+                "epoch": state.epoch,
+                "val_round": state.val_round,
+                "best_abs_rel": state.best_abs_rel,
+                "extra": extra_state or {},
+            },
+            directory / STATE_FILE,
+        )
+        save_config(cfg, directory / CONFIG_FILE)
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    rank: int,
+    student: torch.nn.Module,
+    extra_modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restore everything :func:`save_checkpoint` wrote; strict everywhere. Returns the counters and extra state."""
+    directory = Path(directory)
+    for name in (STUDENT_FILE, STATE_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory} has no {name}: not a dad_ray training checkpoint")
+    load_weights(student, directory / STUDENT_FILE)
+    blob = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    for key, module in extra_modules.items():
+        module.load_state_dict(blob["modules"][key], strict=True)
+    rng_file = directory / f"rng_rank{rank}.pt"
+    if rng_file.is_file():  # a run resumed with more workers than it was saved with has no state for the new ranks
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    state = TrainState(
+        step=blob["step"], epoch=blob["epoch"], val_round=blob["val_round"], best_abs_rel=blob["best_abs_rel"]
+    )
+    return state, blob["extra"]

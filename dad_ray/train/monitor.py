@@ -1,0 +1,155 @@
+"""What a person watches during training: the console progress line and TensorBoard (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dad_ray.viz import colorize, make_grid
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "progress.jsonl"
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) ImageNet-normalised float → (H, W, 3) uint8."""
+    rgb = image.detach().float().cpu().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def scale_stats(disparity: torch.Tensor, prefix: str) -> dict[str, float]:
+    """Median and mean absolute deviation of a batch of predictions (B, H, W) — watches scale drift."""
+    flat = disparity.detach().float().flatten(1)
+    median = flat.median(dim=1).values
+    mad = (flat - median[:, None]).abs().mean(dim=1)
+    return {f"{prefix}/median": median.mean().item(), f"{prefix}/mad": mad.mean().item()}
+
+
+class Monitor:
+    """Averages scalars over the logging window, prints a progress line, writes TensorBoard on rank 0."""
+
+    def __init__(self, tb_dir: str | None, rank: int, max_steps: int, start_step: int) -> None:
+        self.rank = rank
+        self.max_steps = max_steps
+        self.writer = None
+        if rank == 0 and tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            Path(tb_dir).mkdir(parents=True, exist_ok=True)
+            # purge_step drops events a crashed attempt wrote after the checkpoint we resumed from
+            self.writer = SummaryWriter(tb_dir, purge_step=start_step if start_step > 0 else None)
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+        self._window_start = time.perf_counter()
+        self._window_images = 0
+        self._window_wait = 0.0
+        self._start_time = time.perf_counter()
+        self._start_step = start_step
+
+    def add(self, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self._sums[key] += float(value)
+            self._counts[key] += 1
+
+    def step_done(self, images: int, data_wait_s: float) -> None:
+        self._window_images += images
+        self._window_wait += data_wait_s
+
+    def flush(self, step: int, lrs: dict[str, float], world_size: int) -> dict[str, float]:
+        """Log the window's means at ``step``; returns them (with images/s and data-wait share)."""
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        scalars = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        scalars["perf/images_per_s"] = self._window_images * world_size / elapsed
+        scalars["perf/data_wait_share"] = min(1.0, self._window_wait / elapsed)
+        for name, lr in lrs.items():
+            scalars[f"lr/{name}"] = lr
+        if self.rank == 0:
+            done = step - self._start_step
+            rate = done / max(time.perf_counter() - self._start_time, 1e-9)
+            eta = (self.max_steps - step) / rate if rate > 0 else float("nan")
+            losses = " ".join(
+                f"{k.split('/', 1)[1]}={v:.4f}" for k, v in sorted(scalars.items()) if k.startswith("loss/")
+            )
+            logger.info(
+                "step %d/%d  %s  %.1f img/s  data-wait %.0f%%  ETA %s",
+                step,
+                self.max_steps,
+                losses,
+                scalars["perf/images_per_s"],
+                100 * scalars["perf/data_wait_share"],
+                time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?",
+            )
+            self.scalars(step, scalars)
+        self._sums.clear()
+        self._counts.clear()
+        self._window_start = time.perf_counter()
+        self._window_images = 0
+        self._window_wait = 0.0
+        return scalars
+
+    def scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+
+    def image_grid(
+        self,
+        step: int,
+        image: torch.Tensor,
+        maps: list[torch.Tensor | None],
+        tag: str = "images/rgb_teacher_student_gt",
+    ) -> None:
+        """One row per sample: RGB | each map in ``maps`` colour-mapped (None → blank), e.g. teacher, student, GT."""
+        if self.writer is None:
+            return
+        rows = []
+        for i in range(min(4, image.shape[0])):
+            rgb = denormalize(image[i])
+            row = [rgb]
+            for m in maps:
+                if m is None:
+                    row.append(np.zeros_like(rgb))
+                else:
+                    row.append(colorize(m[i].detach().float().cpu().numpy()))
+            rows.append(row)
+        self.writer.add_image(tag, make_grid(rows), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+class Journal:
+    """``<run>/progress.jsonl`` (rank 0): one JSON line per optimizer step — step, epoch, loss, wall time — and one
+    ``{"attempt_start": step}`` line each time a worker group starts (fresh or resumed). A run's history of restarts
+    can be read back from it, and tests use it to prove a resumed run neither repeats nor skips a step."""
+
+    def __init__(self, path: Path | None, attempt_start: int) -> None:
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", buffering=1)  # noqa: SIM115 - line-buffered for the whole run
+            self._file.write(json.dumps({"attempt_start": attempt_start, "time": time.time()}) + "\n")
+
+    def write(self, step: int, epoch: int, loss: float) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "time": time.time()}) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def read_journal(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

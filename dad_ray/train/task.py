@@ -1,0 +1,99 @@
+"""The distillation task: a frozen teacher pool and the trainable student (plus feature projections).
+
+``StudentTask`` is the module DDP wraps: one ``forward`` runs the student on the shared-context crop (with features)
+and, when the local-global loss is on, on the global view — so DDP sees a single forward per step.
+``TeacherPool`` owns the frozen teachers and the multi-teacher "select" draw.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dad_ray.config import ModelConfig, TeacherConfig
+from dad_ray.models import create_model, load_weights
+
+logger = logging.getLogger(__name__)
+
+
+class StudentTask(nn.Module):
+    """Student plus one linear projection per distinct teacher feature width that differs from the student's.
+
+    The projection maps student patch tokens (B, N, C_s) to the teacher width C_t for L_feat (the paper's students
+    are narrower than their ViT-L teacher, so cosine alignment needs it); it is trained with the decoder lr and is
+    not part of the saved student weights.
+    """
+
+    def __init__(self, student: nn.Module, teacher_dims: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.student = student
+        self.feat_proj = nn.ModuleDict(
+            {str(d): nn.Linear(student.embed_dim, d) for d in sorted(set(teacher_dims)) if d != student.embed_dim}
+        )
+
+    def project(self, features: torch.Tensor, teacher_dim: int) -> torch.Tensor:
+        """(B, N, C_s) → (B, N, teacher_dim)."""
+        key = str(teacher_dim)
+        return self.feat_proj[key](features) if key in self.feat_proj else features
+
+    def forward(
+        self, crop: torch.Tensor, global_view: torch.Tensor | None = None, teacher_dim: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """crop (B, 3, C, C), global_view (B, 3, Gh, Gw) or None → {"crop": (B, C, C), "features": (B, N, C_t),
+        "global": (B, Gh, Gw)}."""
+        out: dict[str, torch.Tensor] = {}
+        if teacher_dim is None:
+            out["crop"] = self.student(crop)
+        else:
+            disparity, features = self.student(crop, return_features=True)
+            out["crop"] = disparity
+            out["features"] = self.project(features, teacher_dim)
+        if global_view is not None:
+            out["global"] = self.student(global_view)
+        return out
+
+
+class TeacherPool:
+    """Frozen teachers (eval mode, no grad) and the per-step "select" draw with the configured probabilities."""
+
+    def __init__(self, teachers: Sequence[TeacherConfig], device: torch.device, seed: int) -> None:
+        self.configs = tuple(teachers)
+        self.models: list[nn.Module] = []
+        for t in teachers:
+            model = create_model(t.name)
+            report = load_weights(model, t.weights)
+            logger.info("teacher %s loaded from %s (%s)", t.name, t.weights, report)
+            model.eval().requires_grad_(False).to(device)
+            self.models.append(model)
+        self.probs = torch.tensor([t.probability for t in teachers], dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def dims(self) -> list[int]:
+        return [m.embed_dim for m in self.models]
+
+    def draw(self) -> int:
+        """Index of this step's teacher (always 0 for a single teacher; the draw is still consumed for determinism)."""
+        return int(torch.multinomial(self.probs, 1, generator=self.generator).item())
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def build_student(cfg: ModelConfig) -> nn.Module:
+    """The student from the registry, optionally initialised from a checkpoint (whole model or encoder only)."""
+    student = create_model(cfg.student)
+    if cfg.student_init != "none":
+        report = load_weights(student, cfg.student_weights, encoder_only=cfg.student_init == "encoder")
+        logger.info(
+            "student %s initialised (%s) from %s: %s", cfg.student, cfg.student_init, cfg.student_weights, report
+        )
+    if cfg.activation_checkpointing:
+        student.set_grad_checkpointing(True)
+    return student

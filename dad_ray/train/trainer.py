@@ -1,0 +1,275 @@
+"""Driver side of a distillation run: validate the config, prepare data and teacher, build and fit the
+``TorchTrainer``, evaluate, write the outputs.
+
+Outputs of a run (``<train.output>/<train.name>/``):
+
+    config.yaml            the resolved config (``jobs/distill.py --config`` on it reproduces the run)
+    tensorboard/           scalars, image grids (rank 0)
+    checkpoints/           Ray Train's run directory: checkpoint_step*/ (best K by validation AbsRel + latest)
+    progress.jsonl         one line per optimizer step and per worker-group start
+    untrained_student.safetensors, student.safetensors   the seeded initial and the final student (official layout)
+    final_metrics.json     {"teacher": {...}, "student": {...}, "untrained_student": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from dad_ray.config import ConfigError, ExperimentConfig, save_config, to_dict
+from dad_ray.data import ensure_synthetic, eval_dataset, train_dataset
+from dad_ray.models import list_models, save_weights
+from dad_ray.train.checkpoint import STUDENT_FILE
+from dad_ray.train.loop import seed_everything, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "final_metrics.json"
+METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def run_dir(cfg: ExperimentConfig) -> str:
+    """``<train.output>/<train.name>``, absolute for local paths (Ray needs absolute storage paths)."""
+    base = cfg.train.output if is_uri(cfg.train.output) else os.path.abspath(cfg.train.output)
+    return f"{base.rstrip('/')}/{cfg.train.name}"
+
+
+def init_ray() -> None:
+    """Join the cluster in ``RAY_ADDRESS`` or start a local Ray sized for a small machine (no-op if connected)."""
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        logger.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    # Declare more logical CPUs than cores: Ray Data's file listing needs a free CPU besides the Train workers
+    # (see README, "Ray on a small machine").
+    num_cpus = max(4, os.cpu_count() or 1)
+    logger.info("starting a local Ray with %d logical CPUs (set RAY_ADDRESS to join a cluster instead)", num_cpus)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
+    return [i for i, t in enumerate(cfg.model.teachers) if not t.weights or not Path(t.weights).is_file()]
+
+
+def validate_experiment(cfg: ExperimentConfig) -> None:
+    """Everything that can be checked before a worker starts: model names, weight files, data location."""
+    models = list_models()
+    names = [("model.student", cfg.model.student)]
+    if cfg.loss.mode == "distill":
+        names += [(f"model.teachers[{i}].name", t.name) for i, t in enumerate(cfg.model.teachers)]
+    for key, name in names:
+        if name not in models:
+            raise ConfigError(f"{key}: unknown model '{name}'; available: {', '.join(models)}")
+    if cfg.model.student_init != "none" and not Path(cfg.model.student_weights).is_file():
+        raise ConfigError(f"model.student_weights: file not found: {cfg.model.student_weights}")
+    if cfg.loss.mode == "distill" and not cfg.bootstrap.enabled:
+        for i in _needs_bootstrap(cfg):
+            weights = cfg.model.teachers[i].weights
+            raise ConfigError(
+                f"model.teachers[{i}].weights: "
+                + (f"file not found: {weights}" if weights else "no teacher weights given")
+                + " (download the official checkpoint, or set bootstrap.enabled=true to train a small teacher)"
+            )
+    if cfg.data.synthetic.train_samples == 0 and not is_uri(cfg.data.root):
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            if not (Path(cfg.data.root) / split / "manifest.json").is_file():
+                raise ConfigError(
+                    f"data.root: no shards for split '{split}' under {cfg.data.root} (make them with "
+                    f"jobs/prepare_data.py, or set data.synthetic.train_samples to generate synthetic scenes)"
+                )
+
+
+def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path: str | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` of one run. Fitting it again with the same ``train.output``/``train.name`` resumes.
+
+    ``storage_path`` defaults to ``<run dir>``; Ray's own run directory is ``<storage_path>/checkpoints``.
+    """
+    directory = run_dir(cfg)
+    storage = storage_path or directory
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    datasets = {
+        "train": train_dataset(cfg.data, cfg.data.train_split, seed=cfg.train.seed),
+        "val": eval_dataset(
+            cfg.data, cfg.data.val_split, input_size=cfg.eval.input_size, max_samples=cfg.data.max_val_samples
+        ),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": to_dict(cfg),
+            "run_dir": directory,
+            "tensorboard_dir": None if is_uri(directory) else f"{directory}/tensorboard",
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.train.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=CHECKPOINT_DIR,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute="val_abs_rel",
+                checkpoint_score_order="min",
+            ),
+            callbacks=list(callbacks),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def fit(cfg: ExperimentConfig, *, callbacks: tuple = ()) -> ray.train.Result:
+    """Fit one run; raises with the workers' error if it failed after ``train.max_failures`` restarts."""
+    result = build_trainer(cfg, callbacks=callbacks).fit()
+    if result.error is not None:
+        raise RuntimeError(f"training run '{cfg.train.name}' failed: {result.error}") from result.error
+    return result
+
+
+def _copy_student(result: ray.train.Result, dest: str | Path) -> None:
+    if result.checkpoint is None:
+        raise RuntimeError("the run finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=Path(dest).parent, suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(Path(ckpt) / STUDENT_FILE, tmp)
+        os.replace(tmp, dest)
+
+
+def bootstrap_teachers(cfg: ExperimentConfig) -> None:
+    """Embedded default: train each missing small teacher on ground truth and cache it at its weights path."""
+    for i in _needs_bootstrap(cfg):
+        teacher = cfg.model.teachers[i]
+        if not teacher.weights:
+            raise ConfigError(f"model.teachers[{i}].weights: bootstrap needs a path to cache the trained teacher at")
+        dest = Path(teacher.weights)
+        boot = cfg.bootstrap
+        steps = boot.max_steps
+        boot_cfg = replace(
+            cfg,
+            model=replace(cfg.model, student=teacher.name, student_weights="", student_init="none"),
+            loss=replace(cfg.loss, mode="supervised"),
+            optim=replace(cfg.optim, lr=boot.lr, max_steps=steps, warmup_steps=min(cfg.optim.warmup_steps, steps - 1)),
+            data=replace(cfg.data, batch_size=boot.batch_size),
+            train=replace(
+                cfg.train,
+                name=f"bootstrap_{dest.stem}",
+                output=str(dest.parent.resolve()),
+                val_every=steps,
+                checkpoint_every=steps,
+                image_every=0,
+                fail_at_step=-1,
+            ),
+        )
+        logger.info("bootstrap: training teacher %s on ground truth for %d steps → %s", teacher.name, steps, dest)
+        _copy_student(fit(boot_cfg), dest)
+        logger.info("bootstrap: teacher cached at %s", dest)
+
+
+def prepare_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Validate, generate synthetic shards if configured, and bootstrap missing teachers — once, before any trial or
+    worker starts. Returns ``cfg`` (teacher paths are already in it)."""
+    validate_experiment(cfg)
+    init_ray()
+    if cfg.data.synthetic.train_samples > 0:
+        ensure_synthetic(cfg.data.root, cfg.data.synthetic, splits=(cfg.data.train_split, cfg.data.val_split))
+    if cfg.loss.mode == "distill" and _needs_bootstrap(cfg):
+        bootstrap_teachers(cfg)
+    return cfg
+
+
+def _evaluate(cfg: ExperimentConfig, model_name: str, weights: str) -> dict[str, float]:
+    from dad_ray.metrics.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(
+        model_name=model_name,
+        weights=weights,
+        data=cfg.data.root,
+        split=cfg.data.val_split,
+        protocol=cfg.eval.protocol,
+        alignment=cfg.eval.alignment,
+        input_size=cfg.eval.input_size,
+        batch_size=cfg.eval.batch_size,
+        max_samples=cfg.data.max_val_samples,
+        use_gpu=cfg.train.use_gpu,
+    )
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The whole job: prepare → fit (resuming a run of the same name) → evaluate → ``final_metrics.json``."""
+    cfg = prepare_experiment(cfg)
+    directory = run_dir(cfg)
+    if is_uri(directory):
+        raise NotImplementedError("final evaluation of a run stored at a URI: evaluate with jobs/evaluate.py")
+    out = Path(directory)
+    save_config(cfg, out / "config.yaml")
+    untrained = out / "untrained_student.safetensors"
+    if not untrained.is_file():
+        seed_everything(cfg.train.seed * 1000)  # the same initial student rank 0 builds
+        from dad_ray.train.task import build_student
+
+        save_weights(build_student(cfg.model), untrained)
+    result = fit(cfg)
+    student_file = out / "student.safetensors"
+    _copy_student(result, student_file)
+
+    metrics: dict[str, Any] = {}
+    if cfg.loss.mode == "distill":
+        for i, t in enumerate(cfg.model.teachers):
+            metrics["teacher" if i == 0 else f"teacher_{i}"] = _evaluate(cfg, t.name, t.weights)
+    metrics["student"] = _evaluate(cfg, cfg.model.student, str(student_file))
+    metrics["untrained_student"] = _evaluate(cfg, cfg.model.student, str(untrained))
+    metrics["_info"] = {
+        "protocol": cfg.eval.protocol,
+        "alignment": cfg.eval.alignment,
+        "split": f"{cfg.data.root}/{cfg.data.val_split}",
+        "steps": result.metrics.get("step") if result.metrics else None,
+        "best_val_abs_rel": result.metrics.get("best_val_abs_rel") if result.metrics else None,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_metrics_table(metrics: dict[str, Any]) -> str:
+    """A fixed-width table: one row per evaluated model, one column per metric."""
+    rows = [k for k in metrics if not k.startswith("_")]
+    header = f"{'model':<20}" + "".join(f"{k:>10}" for k in METRIC_KEYS) + f"{'images':>8}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        m = metrics[row]
+        lines.append(
+            f"{row:<20}"
+            + "".join(f"{m.get(k, float('nan')):>10.4f}" for k in METRIC_KEYS)
+            + f"{m.get('n_images', 0):>8}"
+        )
+    info = metrics.get("_info", {})
+    if info:
+        lines.append(
+            f"(protocol {info.get('protocol')}, alignment in {info.get('alignment')} space, {info.get('split')})"
+        )
+    return "\n".join(lines)

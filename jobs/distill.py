@@ -1,0 +1,49 @@
+"""Distill-Any-Depth training with Ray Train.
+
+    python jobs/distill.py                                  # embedded default: synthetic data, tiny models, CPU
+    python jobs/distill.py --preset smoke                   # the whole path in about a minute
+    python jobs/distill.py --preset nyu_vitl_to_vitb --num-workers 16 --use-gpu   # on a GPU cluster
+    ray job submit --working-dir . -- python jobs/distill.py --preset ...         # the same, as a Ray job
+
+Outputs go to <output>/<name>/ (config.yaml, tensorboard/, checkpoints/, final_metrics.json). Running again with the
+same --output and --name continues the run from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dad_ray.config import add_config_args, config_from_args, config_to_yaml
+from dad_ray.logging_utils import setup_logging
+
+SHORTCUTS = {
+    "--num-workers": ("train.num_workers", int, "Ray Train workers"),
+    "--use-gpu": ("train.use_gpu", bool, "one GPU per worker"),
+    "--batch-size": ("data.batch_size", lambda s: s if s == "auto" else int(s), "per-worker batch, or 'auto'"),
+    "--max-steps": ("optim.max_steps", int, "optimizer steps"),
+    "--output": ("train.output", str, "storage path for runs (local dir or s3://...)"),
+    "--name": ("train.name", str, "run name (same name + output = continue the run)"),
+    "--mode": ("loss.mode", str, "distill | supervised"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, SHORTCUTS)
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = config_from_args(args, default_preset="default")
+    if args.print_config:
+        sys.stdout.write(config_to_yaml(cfg))
+        return 0
+    from dad_ray.train import format_metrics_table, run_dir, run_experiment
+
+    metrics = run_experiment(cfg)
+    print(format_metrics_table(metrics))
+    print(f"outputs: {run_dir(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
