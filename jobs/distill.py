@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dad_ray.config import add_config_args, config_from_args, config_to_yaml
+from dad_ray.config import ConfigError, add_config_args, config_from_args, config_to_yaml
 from dad_ray.logging_utils import setup_logging
 
 SHORTCUTS = {
@@ -33,11 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser, SHORTCUTS)
     args = parser.parse_args(argv)
     setup_logging()
-    cfg = config_from_args(args, default_preset="default")
+    try:
+        cfg = config_from_args(args, default_preset="default")
+    except ConfigError as err:
+        parser.error(str(err))
     if args.print_config:
         sys.stdout.write(config_to_yaml(cfg))
         return 0
-    from dad_ray.train import format_metrics_table, run_dir, run_experiment
+    from dad_ray.train import format_metrics_table, run_dir, run_experiment, validate_experiment
+
+    try:
+        validate_experiment(cfg)  # before Ray starts: bad names and missing files fail in a second
+    except ConfigError as err:
+        parser.error(str(err))
 
     metrics = run_experiment(cfg)
     print(format_metrics_table(metrics))

@@ -25,13 +25,12 @@ import torch.nn.functional as F
 from dad_ray.config import ExperimentConfig, from_dict
 from dad_ray.data import train_batches
 from dad_ray.logging_utils import setup_logging
-from dad_ray.losses import distill_losses, supervised_losses
 from dad_ray.metrics import MetricAccumulator, evaluate_disparity
 from dad_ray.train.autobatch import resolve_batch_size
 from dad_ray.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from dad_ray.train.monitor import JOURNAL_FILE, Journal, Monitor, scale_stats
 from dad_ray.train.schedule import build_optimizer, group_lrs
-from dad_ray.train.task import StudentTask, TeacherPool, build_student
+from dad_ray.train.task import StudentTask, TeacherPool, build_student, compute_losses
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +154,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     monitor = Monitor(tb_dir, rank, cfg.optim.max_steps, state.step)
     journal = Journal(Path(run_dir) / JOURNAL_FILE if rank == 0 else None, attempt_start=state.step)
     shard = ray.train.get_dataset_shard("train")
-    use_lg = distill and cfg.loss.lambda_lg > 0
 
     def save_kwargs() -> dict[str, Any]:
         return {
@@ -180,37 +178,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             no_sync = model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with no_sync:
                 with autocast_context(cfg, device):
-                    if distill:
-                        t_idx = teachers.draw()
-                        teacher = teachers.models[t_idx]
-                        with torch.no_grad():
-                            t_crop, t_feat = teacher(batch["crop_image"], return_features=True)
-                            t_local = None
-                            if use_lg:
-                                local = batch["local_images"]  # (B, N, 3, P, P)
-                                t_local = teacher(local.flatten(0, 1)).view(*local.shape[:2], *local.shape[-2:])
-                        out = model(
-                            batch["crop_image"],
-                            batch["global_image"] if use_lg else None,
-                            teachers.dims[t_idx] if feat_dims else None,
-                        )
-                        ones = torch.ones_like(t_crop, dtype=torch.bool)
-                        parts = distill_losses(
-                            student_crop=out["crop"],
-                            teacher_crop=t_crop.float(),
-                            mask_crop=ones,
-                            student_global=out.get("global"),
-                            teacher_local=t_local.float() if t_local is not None else None,
-                            boxes=batch["local_boxes"] if use_lg else None,
-                            mask_local=torch.ones_like(t_local, dtype=torch.bool) if t_local is not None else None,
-                            feat_student=out.get("features"),
-                            feat_teacher=t_feat.float() if feat_dims else None,
-                            cfg=cfg.loss,
-                        )
-                    else:
-                        t_crop = None
-                        out = model(batch["crop_image"])
-                        parts = supervised_losses(out["crop"], batch["crop_depth"], batch["crop_mask"], cfg.loss)
+                    parts, out, t_crop = compute_losses(model, teachers, batch, cfg, use_feat=bool(feat_dims))
                 loss = parts["total"] / grad_accum
                 loss.backward()
             monitor.add({f"loss/{k}": v.item() for k, v in parts.items()})

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dad_ray.config import ModelConfig, TeacherConfig
+from dad_ray.config import ExperimentConfig, ModelConfig, TeacherConfig
+from dad_ray.losses import distill_losses, supervised_losses
 from dad_ray.models import create_model, load_weights
 
 logger = logging.getLogger(__name__)
@@ -97,3 +98,47 @@ def build_student(cfg: ModelConfig) -> nn.Module:
     if cfg.activation_checkpointing:
         student.set_grad_checkpointing(True)
     return student
+
+
+def compute_losses(
+    model: nn.Module,
+    teachers: TeacherPool | None,
+    batch: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    *,
+    use_feat: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+    """One micro-batch's loss parts (call under autocast). ``model`` is the (DDP-wrapped) :class:`StudentTask`.
+
+    distill: teacher pseudo-labels (no grad) on the shared-context crop and on the N local patches; the student on
+    the crop (+ features) and the global view → L_sc, L_lg, L_feat, L_grad. supervised: the student on the crop vs
+    ground truth. Returns (parts with "total", the student outputs, the teacher's crop prediction or None).
+    """
+    if teachers is None:
+        out = model(batch["crop_image"])
+        return supervised_losses(out["crop"], batch["crop_depth"], batch["crop_mask"], cfg.loss), out, None
+    use_lg = cfg.loss.lambda_lg > 0
+    t_idx = teachers.draw()
+    teacher = teachers.models[t_idx]
+    with torch.no_grad():
+        t_crop, t_feat = teacher(batch["crop_image"], return_features=True)
+        t_local = None
+        if use_lg:
+            local = batch["local_images"]  # (B, N, 3, P, P)
+            t_local = teacher(local.flatten(0, 1)).view(*local.shape[:2], *local.shape[-2:]).float()
+    out = model(
+        batch["crop_image"], batch["global_image"] if use_lg else None, teachers.dims[t_idx] if use_feat else None
+    )
+    parts = distill_losses(
+        student_crop=out["crop"],
+        teacher_crop=t_crop.float(),
+        mask_crop=torch.ones_like(t_crop, dtype=torch.bool),  # pseudo-labels are dense
+        student_global=out.get("global"),
+        teacher_local=t_local,
+        boxes=batch["local_boxes"] if use_lg else None,
+        mask_local=torch.ones_like(t_local, dtype=torch.bool) if t_local is not None else None,
+        feat_student=out.get("features"),
+        feat_teacher=t_feat.float() if use_feat else None,
+        cfg=cfg.loss,
+    )
+    return parts, out, t_crop
