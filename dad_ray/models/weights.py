@@ -1,0 +1,259 @@
+"""Strict weights I/O in the official Depth Anything V2 key layout (``pretrained.*`` + ``depth_head.*``).
+
+Reads official ``.pth`` files (``torch.load(weights_only=True)``: tensors only, never arbitrary pickled objects),
+``.safetensors`` files (Distill-Any-Depth's releases, our own saves) and two explicit wrappers ``{"model": sd}`` /
+``{"state_dict": sd}``. Key maps, applied in this order and reported in :class:`LoadReport`:
+
+- ``module.`` (DDP) prefix on every key → stripped;
+- Distill-Any-Depth's Large layout ``backbone.*`` → ``pretrained.*``;
+- DINOv2 chunked blocks ``<pretrained|backbone>.blocks.<chunk>.<i>.…`` → ``pretrained.blocks.<i>.…`` (DINOv2 keeps
+  the global block index inside a chunk, so the chunk number is simply dropped).
+
+Anything else is an error: missing keys, unexpected keys and shape mismatches are listed (with shapes) in a
+:class:`WeightsError` that names the file. There is no ``strict=False`` path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ENCODER_PREFIX = "pretrained."
+HEAD_PREFIX = "depth_head."
+WRAPPER_KEYS = ("model", "state_dict")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+MAX_LISTED = 40  # keys listed per category in an error message
+
+_CHUNKED = re.compile(r"^(pretrained|backbone)\.blocks\.\d+\.(\d+)\.(.+)$")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not match the model; the message names the file and the keys."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_weights` did."""
+
+    path: str
+    layout: str  # "official", or the key maps applied, e.g. "module.+dad_large"
+    loaded: int  # tensors copied into the model
+    ignored: tuple[str, ...] = ()  # file keys deliberately not loaded (head keys under encoder_only)
+    unloaded: tuple[str, ...] = ()  # model keys left as initialised (exactly the head keys under encoder_only)
+
+    def __str__(self) -> str:
+        text = f"{self.loaded} tensors from {self.path} ({self.layout} layout)"
+        if self.unloaded:
+            text += f", {len(self.unloaded)} head tensors left at their initialisation"
+        if self.ignored:
+            text += f", {len(self.ignored)} file tensors ignored"
+        return text
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` / ``.pth`` file (or of its ``model`` / ``state_dict`` wrapper), on CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+    if path.suffix not in TORCH_SUFFIXES:
+        raise WeightsError(f"{path}: unknown weights format; expected .safetensors or one of {TORCH_SUFFIXES}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            f"(loaded with weights_only=True; re-save it as a plain state dict): {err}"
+        ) from err
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrappers = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if not wrappers:
+            raise WeightsError(
+                f"{path}: not a state dict: top-level keys {sorted(map(str, obj))[:MAX_LISTED]} hold non-tensors and "
+                f"none of the accepted wrapper keys {WRAPPER_KEYS} is present"
+            )
+        logger.info("%s: using the state dict under %r", path, wrappers[0])
+        obj = obj[wrappers[0]]
+        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise WeightsError(f"{path}: entries under {wrappers[0]!r} are not tensors: {bad[:MAX_LISTED]}")
+    return dict(obj)
+
+
+def to_official_layout(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Apply the explicit key maps (module. prefix, DAD-Large ``backbone.*``, chunked blocks) → (state, layout)."""
+    keys = list(state)
+    applied = []
+    if keys and all(k.startswith("module.") for k in keys):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+        applied.append("module.")
+    if any(k.startswith("backbone.") for k in state):
+        state = {
+            (ENCODER_PREFIX + k[len("backbone.") :] if k.startswith("backbone.") else k): v for k, v in state.items()
+        }
+        applied.append("dad_large")
+    if any(_CHUNKED.match(k) for k in state):
+        state = {_CHUNKED.sub(r"pretrained.blocks.\2.\3", k): v for k, v in state.items()}
+        applied.append("chunked_blocks")
+    return dict(state), "+".join(applied) or "official"
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _listing(title: str, items: list[str]) -> str:
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"  {title} ({len(items)}):\n    " + "\n    ".join(items[:MAX_LISTED]) + more
+
+
+def check_state_dict(
+    path: str | Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str
+) -> None:
+    """Raise :class:`WeightsError` listing missing / unexpected keys and shape mismatches (with shapes)."""
+    missing = [f"{k} {_shape(v)}" for k, v in expected.items() if k not in state]
+    unexpected = [f"{k} {_shape(v)}" for k, v in state.items() if k not in expected]
+    mismatched = [
+        f"{k}: file {_shape(v)} vs model {_shape(expected[k])}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"{path}: weights do not match {what}:"]
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                parts.append(_listing(title, items))
+        raise WeightsError("\n".join(parts))
+
+
+def load_weights(model: nn.Module, path: str | Path, *, encoder_only: bool = False) -> LoadReport:
+    """Load a checkpoint into ``model`` (DDP / compiled wrappers are unwrapped), strictly.
+
+    ``encoder_only=True`` loads the ``pretrained.*`` tensors only (the paper's random-head students): the file's
+    ``depth_head.*`` tensors, if any, are ignored, and it is asserted that exactly the model's ``depth_head.*``
+    tensors are left unloaded. Returns a :class:`LoadReport`.
+    """
+    model = unwrap_model(model)
+    what = getattr(model, "model_name", type(model).__name__)
+    state, layout = to_official_layout(read_state_dict(path))
+    expected = model.state_dict()
+    ignored: list[str] = []
+    if encoder_only:
+        ignored = sorted(k for k in state if k.startswith(HEAD_PREFIX))
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        expected = {k: v for k, v in expected.items() if k.startswith(ENCODER_PREFIX)}
+        what += " (encoder only)"
+    check_state_dict(path, state, expected, what)
+    dtypes = sorted({str(v.dtype) for v in state.values()})
+    if any(v.dtype != expected[k].dtype for k, v in state.items()):
+        logger.info("%s: tensors stored as %s, cast to the model's dtype", path, ", ".join(dtypes))
+    if encoder_only:
+        encoder_state = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items()}
+        model.pretrained.load_state_dict(encoder_state, strict=True)
+    else:
+        model.load_state_dict(state, strict=True)
+    unloaded = tuple(sorted(set(model.state_dict()) - set(state)))
+    head_keys = tuple(sorted(k for k in model.state_dict() if k.startswith(HEAD_PREFIX)))
+    if unloaded != (head_keys if encoder_only else ()):
+        raise WeightsError(f"{path}: unexpected set of unloaded keys for {what}: {list(unloaded)[:MAX_LISTED]}")
+    report = LoadReport(str(path), layout, len(state), tuple(ignored), unloaded)
+    logger.info("loaded %s into %s", report, what)
+    return report
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model``'s state dict as safetensors in the official key layout (atomic; DDP/compile unwrapped).
+
+    Metadata: ``{"format": "pt", "arch": <registry name>}``. The file loads unchanged into the official
+    ``DepthAnythingV2`` class (``load_state_dict(safetensors.torch.load_file(path))``) and back via
+    :func:`load_weights`.
+    """
+    model = unwrap_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "arch": str(getattr(model, "model_name", type(model).__name__))}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("saved %d tensors of %s to %s", len(state), metadata["arch"], path)
+    return path
+
+
+def _file_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Key → shape (and safetensors metadata) without loading tensors where the format allows it."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+        except SafetensorError as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+    return {k: list(v.shape) for k, v in read_state_dict(path).items()}, {}
+
+
+def infer_model_name(path: str | Path) -> str:
+    """The registry name a checkpoint belongs to: its ``arch`` metadata (our saves), else the row of
+    :data:`~dad_ray.models.spec.ENCODERS` whose embed dim, depth, DPT features and FFN match the tensors."""
+    from dad_ray.models.registry import PREFIX, list_models
+    from dad_ray.models.spec import ENCODERS
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    shapes, metadata = _file_shapes(path)
+    if metadata.get("arch") in list_models():
+        return metadata["arch"]
+    shapes, _ = to_official_layout(shapes)  # type: ignore[arg-type]
+    try:
+        embed_dim = shapes["pretrained.pos_embed"][-1]
+        features = shapes["depth_head.scratch.layer1_rn.weight"][0]
+    except KeyError as err:
+        raise WeightsError(f"{path}: cannot infer the model: no {err.args[0]} tensor") from err
+    depth = len({k.split(".")[2] for k in shapes if k.startswith("pretrained.blocks.")})
+    ffn = "swiglu" if any(".mlp.w12." in k for k in shapes) else "mlp"
+    for encoder, spec in ENCODERS.items():
+        if (spec.embed_dim, spec.depth, spec.features, spec.ffn) == (embed_dim, depth, features, ffn):
+            return PREFIX + encoder
+    raise WeightsError(
+        f"{path}: no registry model has embed_dim={embed_dim}, depth={depth}, features={features}, ffn={ffn}; "
+        "pass the model name explicitly"
+    )

@@ -1,0 +1,59 @@
+"""Predict relative disparity for images (or a shard directory) with a Depth Anything V2 checkpoint.
+
+    python jobs/predict.py photos/ --checkpoint depth_anything_v2_vits.pth --out preds/
+    python jobs/predict.py "data/**/*.jpg" --checkpoint runs/default/student.safetensors --out preds/ --ray on
+    python jobs/predict.py data/synthetic/test --checkpoint teacher.safetensors --out preds/   # shard directory
+
+Writes <out>/<name>.npy (float32 disparity at the input image size) and <out>/<name>.png (colour map) per image.
+The short side is resized to --input-size (multiples of 14, aspect kept) as in the official inference. More than
+--ray-threshold images (or --ray on, or a shard directory) run as Ray Data batch inference with an actor pool
+(one actor per GPU); images of different sizes are batched by size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dad_ray.logging_utils import setup_logging
+from dad_ray.models import list_models
+from dad_ray.models.predict import PredictOptions, run_predict
+from dad_ray.models.weights import infer_model_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, or one shard directory")
+    parser.add_argument("--checkpoint", required=True, help="official .pth or .safetensors weights")
+    parser.add_argument("--model", choices=list_models(), help="registry name (default: inferred from the weights)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--input-size", type=int, default=518, help="short side of the network input (multiple of 14)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU; fp32 by default)")
+    parser.add_argument("--cmap", default="Spectral_r", help="matplotlib colormap of the PNGs")
+    parser.add_argument("--ray", choices=("auto", "on", "off"), default="auto", help="use Ray Data batch inference")
+    parser.add_argument("--ray-threshold", type=int, default=256, help="'auto' uses Ray above this many images")
+    parser.add_argument("--actors", type=int, default=0, help="Ray model actors (0: one per GPU, or 1 on CPU)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    setup_logging()
+    opts = PredictOptions(
+        model=args.model or infer_model_name(args.checkpoint),
+        checkpoint=args.checkpoint,
+        out=args.out,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        cmap=args.cmap,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        bf16=args.bf16,
+    )
+    count = run_predict(args.inputs, opts, ray_mode=args.ray, ray_threshold=args.ray_threshold)
+    print(f"wrote {count} depth map(s) (.npy + .png) to {args.out} with {opts.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

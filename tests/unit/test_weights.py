@@ -1,0 +1,206 @@
+"""Strict weights I/O: official layouts in, official layout out, every mismatch named."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from dad_ray.models import WeightsError, create_model, load_weights, save_weights
+from dad_ray.models.weights import infer_model_name
+
+NAME = "dav2_micro"
+
+
+def _random(seed: int):
+    torch.manual_seed(seed)
+    model = create_model(NAME).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.fixture(scope="module")
+def source():
+    return _random(0)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.randn(1, 3, 42, 56, generator=torch.Generator().manual_seed(0))
+
+
+def _assert_same_model(a, b, x):
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_save_load_round_trip_is_exact(tmp_path, source, x):
+    path = save_weights(source, tmp_path / "sub" / "model.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "arch": NAME}
+        assert set(f.keys()) == set(source.state_dict())
+    assert not [p for p in path.parent.iterdir() if p.name != "model.safetensors"]  # no temp files left
+    target = _random(1)
+    report = load_weights(target, path)
+    assert report.layout == "official" and report.loaded == len(source.state_dict()) and report.unloaded == ()
+    _assert_same_model(source, target, x)
+
+
+def test_saved_file_loads_into_a_plain_state_dict_consumer(tmp_path, source):
+    """The official class does ``model.load_state_dict(load_file(path))``: same keys, shapes, dtypes."""
+    path = save_weights(source, tmp_path / "m.safetensors")
+    plain = load_file(str(path))
+    target = create_model(NAME)
+    assert target.load_state_dict(plain, strict=True) is not None
+    assert {k: (v.shape, v.dtype) for k, v in plain.items()} == {
+        k: (v.shape, v.dtype) for k, v in source.state_dict().items()
+    }
+
+
+def test_official_pth_and_wrappers_load(tmp_path, source, x):
+    sd = source.state_dict()
+    for i, obj in enumerate([sd, {"model": sd}, {"state_dict": sd, "epoch": 3}]):
+        path = tmp_path / f"ckpt{i}.pth"
+        torch.save(obj, path)
+        target = _random(1)
+        load_weights(target, path)
+        _assert_same_model(source, target, x)
+    torch.save({"weights": sd, "epoch": 3}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"other\.pth.*wrapper"):
+        load_weights(_random(1), tmp_path / "other.pth")
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: a weights_only load must refuse it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pth_with_arbitrary_objects_is_refused(tmp_path, source):
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": source.state_dict(), "payload": _Payload(str(marker))}, path)
+    with pytest.raises(WeightsError, match=r"evil\.pth.*refused"):
+        load_weights(_random(1), path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_missing_unexpected_and_mismatched_keys_are_named(tmp_path, source, suffix):
+    sd = {k: v.clone() for k, v in source.state_dict().items()}
+    missing = "depth_head.scratch.refinenet2.out_conv.bias"
+    del sd[missing]
+    sd["pretrained.blocks.9.attn.qkv.weight"] = torch.zeros(3, 3)
+    wrong = "pretrained.blocks.1.mlp.fc1.weight"
+    sd[wrong] = torch.zeros(5, 96)
+    path = tmp_path / f"bad{suffix}"
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, path)
+    with pytest.raises(WeightsError) as err:
+        load_weights(_random(1), path)
+    message = str(err.value)
+    assert str(path) in message
+    assert re.search(rf"missing keys \(1\):\n\s+{re.escape(missing)} \[24\]", message)
+    assert re.search(r"unexpected keys \(1\):\n\s+pretrained\.blocks\.9\.attn\.qkv\.weight \[3, 3\]", message)
+    assert re.search(rf"shape mismatch \(1\):\n\s+{re.escape(wrong)}: file \[5, 96\] vs model \[384, 96\]", message)
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected", "shape"])
+def test_each_single_mismatch_fails_alone(tmp_path, source, change):
+    sd = {k: v.clone() for k, v in source.state_dict().items()}
+    key = "pretrained.norm.weight"
+    if change == "missing":
+        del sd[key]
+    elif change == "unexpected":
+        key = "depth_head.extra.weight"
+        sd[key] = torch.zeros(1)
+    else:
+        sd[key] = torch.zeros(97)
+    save_file(sd, str(tmp_path / "x.safetensors"))
+    target = _random(1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(WeightsError, match=re.escape(key)):
+        load_weights(target, tmp_path / "x.safetensors")
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
+
+
+def test_ddp_prefix_and_dad_large_chunked_layouts_load(tmp_path, source, x):
+    sd = source.state_dict()
+    torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "ddp.pth")
+    report = load_weights(target := _random(1), tmp_path / "ddp.pth")
+    assert report.layout == "module."
+    _assert_same_model(source, target, x)
+
+    def dad_key(k: str) -> str:  # Distill-Any-Depth Large: backbone.*, blocks in one chunk keeping global indices
+        k = re.sub(r"^pretrained\.blocks\.(\d+)\.", r"backbone.blocks.0.\1.", k)
+        return re.sub(r"^pretrained\.", "backbone.", k)
+
+    dad = {dad_key(k): v.contiguous() for k, v in sd.items()}
+    assert "backbone.blocks.0.3.attn.qkv.weight" in dad and "depth_head.projects.0.weight" in dad
+    save_file(dad, str(tmp_path / "model.safetensors"))
+    report = load_weights(target := _random(2), tmp_path / "model.safetensors")
+    assert report.layout == "dad_large+chunked_blocks"
+    _assert_same_model(source, target, x)
+
+
+def test_encoder_only_leaves_exactly_the_head(tmp_path, source, x):
+    path = save_weights(source, tmp_path / "full.safetensors")
+    target = _random(1)
+    head_before = {k: v.clone() for k, v in target.state_dict().items() if k.startswith("depth_head.")}
+    report = load_weights(target, path, encoder_only=True)
+    assert set(report.unloaded) == set(head_before) and set(report.ignored) == set(head_before)
+    for key, value in target.state_dict().items():
+        expected = head_before[key] if key.startswith("depth_head.") else source.state_dict()[key]
+        assert torch.equal(value, expected), key
+    encoder_file = tmp_path / "encoder.safetensors"
+    save_file({k: v for k, v in source.state_dict().items() if k.startswith("pretrained.")}, str(encoder_file))
+    report = load_weights(_random(1), encoder_file, encoder_only=True)
+    assert report.ignored == () and set(report.unloaded) == set(head_before)
+    with pytest.raises(WeightsError, match="missing keys"):
+        load_weights(_random(1), encoder_file)  # the full model needs the head
+
+
+def test_missing_file_and_unknown_format_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.pth"))):
+        load_weights(_random(1), tmp_path / "nope.pth")
+    (tmp_path / "w.onnx").write_bytes(b"x")
+    with pytest.raises(WeightsError, match=r"w\.onnx"):
+        load_weights(_random(1), tmp_path / "w.onnx")
+
+
+def test_ddp_wrapped_model_saves_and_loads_without_prefix(tmp_path, source, x):
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(_random(3))
+        path = save_weights(ddp, tmp_path / "ddp.safetensors")
+        assert not any(k.startswith("module.") for k in load_file(str(path)))
+        load_weights(ddp, save_weights(source, tmp_path / "src.safetensors"))
+        _assert_same_model(source, ddp.module, x)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_infer_model_name_from_metadata_and_shapes(tmp_path, source):
+    assert infer_model_name(save_weights(source, tmp_path / "a.safetensors")) == NAME
+    torch.save(source.state_dict(), tmp_path / "b.pth")
+    assert infer_model_name(tmp_path / "b.pth") == NAME
+    with torch.device("meta"):
+        vitl = create_model("dav2_vitl")
+    fake = {k: torch.empty(0) for k in vitl.state_dict()}
+    fake["pretrained.pos_embed"] = torch.zeros(1, 2, 1024)
+    fake["depth_head.scratch.layer1_rn.weight"] = torch.zeros(256, 1, 1, 1)
+    torch.save(fake, tmp_path / "c.pth")
+    assert infer_model_name(tmp_path / "c.pth") == "dav2_vitl"
