@@ -27,7 +27,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from dad_ray.config import ConfigError, ExperimentConfig, save_config, to_dict
-from dad_ray.data import ensure_synthetic, eval_dataset, train_dataset
+from dad_ray.data import ensure_synthetic, eval_dataset, ingest_options, train_dataset
 from dad_ray.models import list_models, save_weights
 from dad_ray.train.checkpoint import STUDENT_FILE
 from dad_ray.train.loop import seed_everything, train_loop_per_worker
@@ -138,7 +138,7 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
             callbacks=list(callbacks),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=ingest_options(cfg.data)),
     )
 
 

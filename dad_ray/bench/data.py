@@ -1,0 +1,162 @@
+"""The input pipeline: Ray Data (``train_dataset`` + ``train_batches``) vs a torch DataLoader doing the same work.
+
+    python jobs/benchmark.py data [--preset default] [--samples 256] [--procs 2] [--epochs 2] [--root DIR]
+
+Both sides read the same Parquet shards (synthetic scenes at the preset's size, generated once under ``--root``),
+decode JPEG RGB + float32 depth, and run the same :func:`~dad_ray.data.augment.augment_sample` (crop, global view,
+local patches, flip, jitter; images handed over as uint8 and normalised by the consumer) with ``--procs``
+processes: Ray Data with ``ray.init(num_cpus=procs + 1)`` and ``data.data_cpus = 1`` (at most ``procs``
+decode/augment tasks at once; ``configure_data_context`` leaves one CPU), the DataLoader with
+``num_workers=procs``. Each side is timed over ``--epochs`` full epochs of ``data.batch_size`` batches consumed on
+the driver. Prints samples/s (all epochs, and the last epoch alone: steady state), time to the first batch, and
+the ratio Ray / DataLoader (goal >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from dad_ray.config import add_config_args, config_from_args
+from dad_ray.data.augment import IMAGE_COLUMNS, AugmentSpec, augment_sample, normalize_uint8, sample_rng
+from dad_ray.data.codec import decode_depth, decode_image
+from dad_ray.data.pipeline import TRAIN_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Map-style dataset over the manifest's shards: each worker reads the shards it touches once (lazily)."""
+
+    def __init__(self, files: list[str], counts: list[int], spec: AugmentSpec, seed: int) -> None:
+        self.files, self.spec, self.seed = files, spec, seed
+        self.index = [(f, r) for f, n in zip(files, counts) for r in range(n)]
+        self.tables: dict[str, dict] = {}
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        path, row = self.index[i]
+        if path not in self.tables:
+            self.tables[path] = pq.read_table(path).to_pydict()
+        t = self.tables[path]
+        image = decode_image(t["image"][row], f"row {t['key'][row]}")
+        depth = decode_depth(t["depth"][row], t["height"][row], t["width"][row], f"row {t['key'][row]}")
+        out = augment_sample(
+            image, depth, self.spec, sample_rng(self.seed, self.epoch, t["key"][row]), uint8_images=True
+        )
+        return {name: out[name] for name in TRAIN_COLUMNS}
+
+
+def _normalized(loader):
+    """The DataLoader side's consumer does what ``train_batches`` does: uint8 images -> float32 normalised."""
+    for batch in loader:
+        for name in IMAGE_COLUMNS:
+            batch[name] = normalize_uint8(batch[name])
+        yield batch
+
+
+def _timed(batches, batch_size: int) -> tuple[float, float, int]:
+    """(seconds to the first batch, total seconds, samples) of one pass over ``batches``."""
+    start = time.perf_counter()
+    first, n = None, 0
+    for batch in batches:
+        if first is None:
+            first = time.perf_counter() - start
+        n += int(batch["crop_image"].shape[0])
+    return first or 0.0, time.perf_counter() - start, n
+
+
+def run_dataloader(cfg, files, counts, procs: int, epochs: int) -> list[tuple[float, float, int]]:
+    dataset = ShardDataset(files, counts, AugmentSpec.from_config(cfg), seed=0)
+    results = []
+    for epoch in range(epochs):
+        dataset.epoch = epoch
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            num_workers=procs,
+            drop_last=True,
+            prefetch_factor=cfg.prefetch_batches if procs > 0 else None,
+            generator=torch.Generator().manual_seed(epoch),
+        )
+        results.append(_timed(_normalized(loader), cfg.batch_size))
+    return results
+
+
+def run_ray(cfg, epochs: int) -> list[tuple[float, float, int]]:
+    from dad_ray.data import train_batches, train_dataset
+
+    ds = train_dataset(cfg, seed=0)
+    return [_timed(train_batches(ds, cfg, epoch, seed=0), cfg.batch_size) for epoch in range(epochs)]
+
+
+def _summary(results: list[tuple[float, float, int]]) -> tuple[float, float, float]:
+    total_s = sum(r[1] for r in results)
+    total_n = sum(r[2] for r in results)
+    return total_n / total_s, results[-1][2] / results[-1][1], results[0][0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, {})
+    parser.add_argument("--samples", type=int, default=256, help="synthetic training scenes")
+    parser.add_argument("--procs", type=int, default=2, help="decode/augment processes on each side")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--root", default=None, help="where the shards go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, default_preset="default")
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+    import ray
+
+    from dad_ray.data import ensure_synthetic
+    from dad_ray.data.shards import shard_files
+
+    tmp = tempfile.TemporaryDirectory(prefix="dad_ray_bench_data_") if args.root is None else None
+    root = args.root or tmp.name
+    synthetic = replace(cfg.data.synthetic, train_samples=args.samples, val_samples=1)
+    data = replace(cfg.data, root=root, synthetic=synthetic, data_cpus=1.0)
+    ray.init(num_cpus=args.procs + 1, include_dashboard=False, log_to_driver=False)
+    try:
+        ensure_synthetic(root, synthetic, splits=(data.train_split, data.val_split))
+        manifest, files, _fs = shard_files(root, data.train_split)
+        counts = [s["num_rows"] for s in manifest["shards"]]
+        logger.info(
+            "%d samples %dx%d in %d shards; batch %d; %d processes per side; %d epochs",
+            manifest["num_samples"],
+            synthetic.height,
+            synthetic.width,
+            len(files),
+            data.batch_size,
+            args.procs,
+            args.epochs,
+        )
+        ray_res = run_ray(data, args.epochs)
+    finally:
+        ray.shutdown()
+    torch_res = run_dataloader(data, files, counts, args.procs, args.epochs)
+    if tmp is not None:
+        tmp.cleanup()
+    r_all, r_last, r_first = _summary(ray_res)
+    t_all, t_last, t_first = _summary(torch_res)
+    out = sys.stdout
+    out.write(f"| pipeline ({args.procs} processes) | samples/s all epochs | samples/s last epoch | first batch s |\n")
+    out.write("|---|---|---|---|\n")
+    out.write(f"| Ray Data | {r_all:.1f} | {r_last:.1f} | {r_first:.2f} |\n")
+    out.write(f"| torch DataLoader | {t_all:.1f} | {t_last:.1f} | {t_first:.2f} |\n")
+    out.write(
+        f"ratio Ray / DataLoader = {r_all / t_all:.2f} all epochs, {r_last / t_last:.2f} last epoch (goal >= 1.0)\n"
+    )
+    return 0

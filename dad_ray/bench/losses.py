@@ -1,0 +1,99 @@
+"""Vectorised hybrid L_Dis vs a per-image, per-context Python loop (forward + backward, CPU).
+
+    python jobs/benchmark.py losses [--batch 8] [--size 392] [--repeats 5] [--normalization hybrid] [--threads N]
+
+Both sides get the same random student (requires grad), teacher and mask (10 % of pixels invalid); the loop is the
+straightforward implementation (HDN-style): for every image, every level S and every segment, select the pixels,
+``torch.median`` + mean absolute deviation, accumulate |N(s) − N(t)|. The two results are checked to agree before
+timing. Prints the median and min times of ``--repeats`` runs after one warm-up and their ratio (goal >= 20x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+import torch
+
+from dad_ray.losses import dis_loss
+from dad_ray.losses.normalize import LEVELS, MAD_EPS
+
+logger = logging.getLogger(__name__)
+
+
+def loop_dis_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, normalization: str) -> torch.Tensor:
+    """The per-image / per-context loop L_Dis (same definition as :func:`dad_ray.losses.dis_loss`)."""
+    values = []
+    for s_img, t_img, m_img in zip(student, teacher.detach(), mask):
+        if not m_img.any():
+            continue
+        s, t = s_img[m_img], t_img[m_img]
+        if normalization == "none":
+            values.append((s - t).abs().mean())
+            continue
+        levels = LEVELS[normalization]
+        lo, hi = t.min(), t.max()
+        u = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+        per_pixel = torch.zeros_like(s)
+        for n_seg in levels:
+            seg = torch.clamp(torch.floor(u * n_seg), max=n_seg - 1)
+            for j in range(n_seg):
+                sel = seg == j
+                if not sel.any():
+                    continue
+                normed = []
+                for x in (s[sel], t[sel]):
+                    med = torch.median(x)
+                    mad = (x - med).abs().mean()
+                    normed.append((x - med) / torch.clamp(mad, min=MAD_EPS))
+                per_pixel = per_pixel.index_put((sel.nonzero(as_tuple=True)[0],), (normed[0] - normed[1]).abs(), True)
+        values.append(per_pixel.mean() / len(levels))
+    return torch.stack(values).mean() if values else student.sum() * 0.0
+
+
+def _time(fn, student: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """(median, min) seconds of forward + backward, after one warm-up."""
+    times = []
+    for i in range(repeats + 1):
+        student.grad = None
+        start = time.perf_counter()
+        fn().backward()
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="benchmark.py losses", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=392)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--normalization", default="hybrid", choices=["hybrid", "local", "global", "none"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch, args.size, args.size)
+    teacher = torch.rand(shape, generator=g) * 10
+    student = (0.5 * teacher + torch.rand(shape, generator=g)).requires_grad_(True)
+    mask = torch.rand(shape, generator=g) > 0.1
+    norm = args.normalization
+
+    vec = dis_loss(student, teacher, mask, norm)
+    ref = loop_dis_loss(student, teacher, mask, norm)
+    if not torch.allclose(vec, ref, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"vectorised {vec.item():.6f} and loop {ref.item():.6f} disagree")
+    logger.info("L_Dis (%s) = %.6f on both sides; torch %d threads", norm, vec.item(), torch.get_num_threads())
+    v_med, v_min = _time(lambda: dis_loss(student, teacher, mask, norm), student, args.repeats)
+    l_med, l_min = _time(lambda: loop_dis_loss(student, teacher, mask, norm), student, args.repeats)
+    print(f"| {norm} L_Dis fwd+bwd, B={args.batch}, {args.size}x{args.size}, CPU | median ms | min ms |")
+    print("|---|---|---|")
+    print(f"| vectorised | {1e3 * v_med:.1f} | {1e3 * v_min:.1f} |")
+    print(f"| per-image/per-context loop | {1e3 * l_med:.1f} | {1e3 * l_min:.1f} |")
+    print(f"ratio loop / vectorised = {l_med / v_med:.1f}x (median), {l_min / v_min:.1f}x (min); goal >= 20x")
+    return 0

@@ -1,0 +1,215 @@
+"""The paper's training augmentations for one sample (NumPy in, NumPy out; resizing with torch on CPU).
+
+Order: horizontal flip (RGB, depth, mask together) -> colour jitter (RGB only, one draw per sample, so every view
+sees the same colours) -> three geometric views cut from the same flipped, jittered source:
+
+- shared-context crop: a square of random side in [min(min_crop, short side), short side] at a random position,
+  resized to ``crop_size`` x ``crop_size`` (student and teacher both see it);
+- global view: the whole image resized to ``global_size`` (the student's input for the local-global loss);
+- local patches: a ``rows x cols`` grid of overlapping SQUARE patches (aspect kept, so the teacher sees undistorted
+  content), each resized to ``local_patch_size``. The side is the smallest one for which neighbours overlap by at
+  least ``local_overlap`` along both axes while the grid covers the whole image (clipped to the short side);
+  positions are evenly spaced from edge to edge, rounded to whole source pixels. ``local_boxes`` (y0, x0, y1, x1) are
+  those pixel boxes divided by (H, W, H, W): the same box, times (Gh, Gw, Gh, Gw), cuts patch n from the global view.
+
+RGB is resized bilinearly with antialiasing and normalised with ImageNet mean/std. Depth is resized WITHOUT mixing
+valid and invalid pixels: depth*mask and mask are resized the same way, the first divided by the second, and a pixel
+is valid where the resized mask weight exceeds 0.5 (else depth 0, mask False). Valid neighbours are still averaged
+with each other (across a depth edge too), as any bilinear resize does.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_MEAN_T = torch.from_numpy(IMAGENET_MEAN)[:, None, None]
+_STD_T = torch.from_numpy(IMAGENET_STD)[:, None, None]
+PATCH = 14
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The augmentation fields of :class:`~dad_ray.config.schema.DataConfig` (picklable, small)."""
+
+    crop_size: int
+    min_crop: int
+    global_size: tuple[int, int]
+    local_patch_size: int
+    local_grid: tuple[int, int]
+    local_overlap: float
+    hflip: bool
+    color_jitter: float
+
+    @classmethod
+    def from_config(cls, cfg) -> AugmentSpec:
+        return cls(
+            crop_size=cfg.crop_size,
+            min_crop=cfg.min_crop,
+            global_size=tuple(cfg.global_size),
+            local_patch_size=cfg.local_patch_size,
+            local_grid=tuple(cfg.local_grid),
+            local_overlap=cfg.local_overlap,
+            hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter,
+        )
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """The augmentation randomness of one row: a pure function of (seed, epoch, key)."""
+    return np.random.default_rng([int(seed), int(epoch), zlib.crc32(str(key).encode())])
+
+
+def local_boxes_px(height: int, width: int, grid: tuple[int, int], overlap: float) -> np.ndarray:
+    """(N, 4) int64 pixel boxes (y0, x0, y1, x1), row-major over the grid, of the square local patches."""
+    rows, cols = grid
+    side_y = height / (rows - (rows - 1) * overlap)
+    side_x = width / (cols - (cols - 1) * overlap)
+    side = int(np.ceil(min(max(side_y, side_x), height, width)))
+    y0 = np.round(np.linspace(0, height - side, rows)).astype(np.int64)
+    x0 = np.round(np.linspace(0, width - side, cols)).astype(np.int64)
+    yy, xx = np.meshgrid(y0, x0, indexing="ij")
+    yy, xx = yy.ravel(), xx.ravel()
+    return np.stack([yy, xx, yy + side, xx + side], axis=1)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) float -> (3, h, w), bilinear with antialiasing."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def resize_depth(depth: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) depth + bool mask -> resized, never blending valid with invalid pixels (see the module docstring)."""
+    if tuple(depth.shape) == tuple(size):
+        return depth, mask
+    m = mask.to(depth.dtype)
+    both = torch.stack([depth * m, m])[None]
+    out = F.interpolate(both, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    weight = out[1]
+    valid = weight > 0.5
+    return torch.where(valid, out[0] / weight.clamp_min(1e-6), torch.zeros_like(weight)), valid
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) in [0, 1] -> ImageNet-normalised."""
+    return (image - _MEAN_T) / _STD_T
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) uint8 (on any device) -> float32 ImageNet-normalised, on the same device."""
+    mean = _MEAN_T.to(image.device)
+    std = _STD_T.to(image.device)
+    return (image.float().div_(255.0) - mean) / std
+
+
+_GRAY = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _jitter(image: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
+    """Brightness b, contrast c, saturation s (each in [1 - strength, 1 + strength]), in this order, on (3, H, W) in
+    [0, 1], clamped once at the end. The three steps compose into one affine colour map, applied in a single pass:
+    brightness x -> b x; contrast x -> c (x - m) + m with m the mean gray of b x; saturation x -> s x + (1 - s) gray(x)
+    (a 3x3 matrix M that keeps gray, so M 1 = 1): y = c b M x + (1 - c) m."""
+    b, c, s = (float(f) for f in factors)
+    m = b * float(torch.tensordot(_GRAY, image, dims=1).mean())
+    sat = s * torch.eye(3) + (1.0 - s) * _GRAY[None, :].expand(3, 3)
+    out = torch.tensordot(c * b * sat, image, dims=1)
+    return out.add_((1.0 - c) * m).clamp_(0.0, 1.0)
+
+
+def _views(src: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, 5, h, w) stacks of [R, G, B, depth * mask, mask] -> resized (image (N, 3), depth (N), mask (N)) in ONE
+    interpolation: RGB bilinear with antialiasing, depth by the mask-weighted rule of :func:`resize_depth`."""
+    if tuple(src.shape[-2:]) != tuple(size):
+        src = F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True)
+    weight = src[:, 4]
+    valid = weight > 0.5
+    depth = torch.where(valid, src[:, 3] / weight.clamp_min(1e-6), torch.zeros_like(weight))
+    return src[:, :3], depth, valid
+
+
+IMAGE_COLUMNS = ("crop_image", "global_image", "local_images")
+
+
+def augment_sample(
+    image: np.ndarray, depth: np.ndarray, spec: AugmentSpec, rng: np.random.Generator, *, uint8_images: bool = False
+) -> dict:
+    """One training row (fixed shapes; see :func:`dad_ray.data.pipeline.train_dataset`).
+
+    Images are float32 ImageNet-normalised, or with ``uint8_images`` the same [0, 1] values rounded to uint8 (the
+    pipeline's 4x smaller transport format; :func:`normalize_uint8` finishes the job on the consumer).
+    """
+    h, w = depth.shape
+    # All random draws first, in a fixed order (flip, crop side, crop position, jitter): switching jitter on or
+    # off leaves the geometry of a row unchanged.
+    flip = bool(rng.random() < 0.5) and spec.hflip
+    short = min(h, w)
+    side = int(rng.integers(min(spec.min_crop, short), short + 1))
+    y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    factors = rng.uniform(1.0 - spec.color_jitter, 1.0 + spec.color_jitter, size=3)
+
+    img = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    dep = torch.from_numpy(np.array(depth, dtype=np.float32))
+    if spec.color_jitter > 0:
+        img = _jitter(img, factors)
+    mask = (dep > 0).float()
+    src = torch.cat([img, (dep * mask)[None], mask[None]])  # (5, H, W): every geometric op moves all five together
+    if flip:
+        src = src.flip(-1)
+
+    crop_img, crop_dep, crop_mask = _views(src[None, :, y0 : y0 + side, x0 : x0 + side], (spec.crop_size,) * 2)
+    glob_img, glob_dep, glob_mask = _views(src[None], tuple(spec.global_size))
+    boxes = local_boxes_px(h, w, spec.local_grid, spec.local_overlap)  # all the same square side
+    patches = torch.stack([src[:, by0:by1, bx0:bx1] for by0, bx0, by1, bx1 in boxes.tolist()])
+    loc_img, loc_dep, loc_mask = _views(patches, (spec.local_patch_size,) * 2)
+    scale = np.array([h, w, h, w], dtype=np.float32)
+    finish = _to_uint8 if uint8_images else normalize
+    return {
+        "crop_image": finish(crop_img[0]).numpy(),
+        "crop_depth": crop_dep[0].numpy(),
+        "crop_mask": crop_mask[0].numpy(),
+        "global_image": finish(glob_img[0]).numpy(),
+        "global_depth": glob_dep[0].numpy(),
+        "global_mask": glob_mask[0].numpy(),
+        "local_images": finish(loc_img).numpy(),
+        "local_depth": loc_dep.numpy(),
+        "local_mask": loc_mask.numpy(),
+        "local_boxes": boxes.astype(np.float32) / scale,
+    }
+
+
+def eval_size(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """DAv2's evaluation resize: scale so the short side reaches ``input_size`` ("lower_bound"), each side rounded to
+    the nearest multiple of 14 and raised to the next one if that falls below ``input_size`` (official
+    ``Resize(keep_aspect_ratio=True, ensure_multiple_of=14, resize_method="lower_bound")``)."""
+    scale = max(input_size / height, input_size / width)
+
+    def constrain(x: float) -> int:
+        y = int(round(x / PATCH) * PATCH)
+        if y < input_size:
+            y = int(np.ceil(x / PATCH) * PATCH)
+        return y
+
+    return constrain(scale * height), constrain(scale * width)
+
+
+def eval_image(image: np.ndarray, input_size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, h, w) float32 ImageNet-normalised at :func:`eval_size`, bicubic like the official
+    inference (cv2.INTER_CUBIC, no antialias), clamped to [0, 1] before normalising."""
+    h, w = image.shape[:2]
+    img = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    size = eval_size(h, w, input_size)
+    img = F.interpolate(img[None], size=size, mode="bicubic", align_corners=False)[0].clamp_(0.0, 1.0)
+    return normalize(img).numpy()

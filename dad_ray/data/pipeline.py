@@ -1,0 +1,242 @@
+"""The streaming pipelines the trainer and the evaluator consume (never materialised).
+
+Both start from the manifest's list of Parquet row groups (``row_group_size`` rows each; the references only, a few
+bytes per unit) as a ``from_items`` dataset, one block per unit, and read + decode + transform each unit inside one
+``map_batches(num_cpus=cfg.data_cpus)`` task that yields small batches. Measured on 2 cores (see
+:mod:`dad_ray.bench.data`) this reaches the first batch several times sooner than ``read_parquet`` (whose listing
+task and footer-reading actors start again every epoch) and needs no free CPU for a listing task.
+
+Train: units in a new seeded order every execution = every epoch (``randomize_block_order`` with
+``RandomSeedConfig(seed, reseed_after_execution=True)`` over the tiny reference blocks) -> read + decode +
+:func:`~dad_ray.data.augment.augment_sample` -> fixed-shape rows -> per worker ``get_dataset_shard("train")`` ->
+:func:`train_batches` (local shuffle buffer seeded by seed and epoch). The augmentation randomness of a row is a
+pure function of (seed, epoch, key), where epoch is the dataset's execution index (Ray Data's own counter behind
+``reseed_after_execution``): runs are reproducible.
+
+Eval: units in shard order -> read + decode + DAv2's eval resize, in order (``preserve_order``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from dad_ray.data.augment import IMAGE_COLUMNS, AugmentSpec, augment_sample, eval_image, normalize_uint8, sample_rng
+from dad_ray.data.codec import decode_depth, decode_image
+from dad_ray.data.shards import read_row_group, row_groups, shard_files
+
+logger = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = (
+    "crop_image",
+    "crop_depth",
+    "crop_mask",
+    "global_image",
+    "global_depth",
+    "global_mask",
+    "local_images",
+    "local_depth",
+    "local_mask",
+    "local_boxes",
+)
+MAP_BATCH = 4  # rows per augmentation task batch: small, so the first batch arrives early and memory stays flat
+
+
+def _cpu_limit(cfg) -> float:
+    """Ray Data's CPU cap: (cluster CPUs - 1), never below ``cfg.data_cpus`` (inf before ``ray.init``)."""
+    import ray
+
+    if not ray.is_initialized():
+        return float("inf")
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(float(cfg.data_cpus), total - 1.0)
+
+
+def configure_data_context(cfg) -> None:
+    """Make Ray Data behave on a small shared machine (and inside Ray Train inside Ray Tune).
+
+    - no per-operator progress bars or verbose progress (they flood Train workers' logs);
+    - no per-operator resource reservation (``op_resource_reservation_enabled = False``): on a few CPUs the
+      reservation splits the cap between the operators and leaves the decode/augment operator ONE task at a time
+      (measured: 88 -> 141 samples/s with 2 CPUs for Data); our pipelines have a single heavy operator;
+    - a CPU cap for Ray Data of (cluster CPUs - 1), never below ``cfg.data_cpus``: one CPU always stays free for the
+      read's file-listing task, which takes 1 CPU that cannot be configured, and for the driver. Ray Train further
+      subtracts its workers' CPUs (``exclude_resources``).
+    Every read and map in this module also passes ``num_cpus=cfg.data_cpus`` explicitly (tasks default to 1 CPU).
+    Idempotent; applies to datasets created afterwards (a dataset copies the context when it is created).
+
+    Ray Train replaces each dataset's execution options with ``DataConfig``'s: pass
+    ``dataset_config=ray.train.DataConfig(execution_options=ingest_options(cfg))`` to ``TorchTrainer``.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.execution_options.verbose_progress = False
+    ctx.enable_operator_progress_bars = False
+    ctx.op_resource_reservation_enabled = False
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=_cpu_limit(cfg))
+
+
+def ingest_options(cfg):
+    """``ExecutionOptions`` for ``ray.train.DataConfig(execution_options=...)``: the CPU cap of
+    :func:`configure_data_context`, ``preserve_order`` (reproducible row order), no verbose progress."""
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    return ExecutionOptions(
+        resource_limits=ExecutionResources(cpu=_cpu_limit(cfg)), preserve_order=True, verbose_progress=False
+    )
+
+
+def _epoch_index() -> int:
+    """The current execution index of the dataset in this task (0, 1, 2, ... one per full iteration)."""
+    from ray.data import DataContext
+
+    return int(DataContext.get_current()._execution_idx)
+
+
+def _train_units(
+    batch: dict[str, np.ndarray], spec: AugmentSpec, seed: int, fs: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read, decode and augment the row groups in ``batch``; yield batches of :data:`MAP_BATCH` rows."""
+    import torch
+
+    torch.set_num_threads(1)  # one process per task slot; intra-op threads only oversubscribe the cores
+    epoch = _epoch_index()
+    for path, group in zip(batch["path"], batch["row_group"]):
+        rows = read_row_group(fs, str(path), int(group))
+        for start in range(0, len(rows["key"]), MAP_BATCH):
+            out = []
+            for i in range(start, min(start + MAP_BATCH, len(rows["key"]))):
+                key = rows["key"][i]
+                image = decode_image(rows["image"][i], f"{path} row {key}")
+                depth = decode_depth(rows["depth"][i], rows["height"][i], rows["width"][i], f"{path} row {key}")
+                out.append(augment_sample(image, depth, spec, sample_rng(seed, epoch, key), uint8_images=True))
+            result = {name: np.stack([r[name] for r in out]) for name in TRAIN_COLUMNS}
+            result["index"] = np.asarray(rows["index"][start : start + len(out)], dtype=np.int64)
+            yield result
+
+
+def _units_dataset(units: list[dict[str, Any]]):
+    import ray.data
+
+    return ray.data.from_items(
+        [{"path": u["path"], "row_group": u["row_group"]} for u in units], override_num_blocks=len(units)
+    )
+
+
+def train_dataset(cfg, split: str | None = None, *, seed: int = 0):
+    """The training ``ray.data.Dataset`` of ``cfg.root/<split or cfg.train_split>`` (see the module docstring).
+
+    What the trainer sees are :func:`train_batches`' batches (B leading): ``crop_image`` float32 (B, 3, C, C)
+    ImageNet-normalised, ``crop_depth`` float32 (B, C, C) metres (0 invalid), ``crop_mask`` bool (B, C, C);
+    ``global_image`` (B, 3, Gh, Gw), ``global_depth``, ``global_mask`` (B, Gh, Gw); ``local_images``
+    (B, N, 3, P, P), ``local_depth``, ``local_mask`` (B, N, P, P), ``local_boxes`` (B, N, 4) normalised
+    (y0, x0, y1, x1) of the global view; C = crop_size, (Gh, Gw) = global_size, P = local_patch_size, N = rows *
+    cols of local_grid; ``index`` int64 (the sample's position in its split).
+
+    The dataset's own rows carry the three image columns as uint8 (the same [0, 1] values rounded: 4x fewer bytes
+    to move and shuffle, measured ~15 % of the pipeline's cost on 2 cores); :func:`train_batches` turns them into
+    float32 ImageNet-normalised tensors on the target device. Rows come in a deterministic order for a given seed
+    and epoch (``preserve_order``); with several Train workers, which worker gets which rows depends on timing, but
+    each row's augmentation does not.
+    """
+    from ray.data import RandomSeedConfig
+
+    configure_data_context(cfg)
+    manifest, files, fs = shard_files(cfg.root, split or cfg.train_split)
+    units = _units_dataset(row_groups(manifest, files))
+    units = units.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    ds = units.map_batches(
+        _train_units,
+        fn_kwargs={"spec": AugmentSpec.from_config(cfg), "seed": seed, "fs": fs},
+        batch_size=1,
+        num_cpus=cfg.data_cpus,
+        batch_format="numpy",
+    )
+    ds.context.execution_options.preserve_order = True
+    ds.context.op_resource_reservation_enabled = False  # kept by Ray Train, which only replaces execution_options
+    return ds
+
+
+def train_batches(
+    dataset_shard, cfg, epoch: int, *, seed: int = 0, batch_size: int | None = None, device: Any = "auto"
+) -> Iterator[dict[str, Any]]:
+    """One epoch of ``dict[str, torch.Tensor]`` batches from a dataset (or a Train worker's dataset shard).
+
+    Batches of ``batch_size`` (default ``cfg.batch_size``) rows, the last partial one dropped, rows shuffled in a
+    local buffer of ``cfg.shuffle_buffer`` rows seeded by ``seed`` and ``epoch`` (0 = no shuffle); image columns
+    normalised to float32 on ``device`` (see :func:`train_dataset`). Call once per epoch: every call re-runs the
+    pipeline (new block order, new augmentations).
+    """
+    size = batch_size if batch_size is not None else cfg.batch_size
+    if not isinstance(size, int):
+        raise ValueError(f"train_batches needs an integer batch size (got {size!r}; resolve 'auto' first)")
+    shuffle = cfg.shuffle_buffer > 0
+    batches = dataset_shard.iter_torch_batches(
+        batch_size=size,
+        prefetch_batches=cfg.prefetch_batches,
+        drop_last=True,
+        local_shuffle_buffer_size=cfg.shuffle_buffer if shuffle else None,
+        local_shuffle_seed=(seed * 1_000_003 + epoch) if shuffle else None,
+        device=device,
+    )
+    for batch in batches:
+        for name in IMAGE_COLUMNS:
+            batch[name] = normalize_uint8(batch[name])
+        yield batch
+
+
+def _eval_units(batch: dict[str, np.ndarray], input_size: int, keys: bool, fs: Any) -> Iterator[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(1)
+    for path, group in zip(batch["path"], batch["row_group"]):
+        rows = read_row_group(fs, str(path), int(group))
+        for start in range(0, len(rows["key"]), MAP_BATCH):
+            stop = min(start + MAP_BATCH, len(rows["key"]))
+            out: dict[str, list] = {"image": [], "depth": [], "rgb": []}
+            for i in range(start, stop):
+                key = rows["key"][i]
+                rgb = decode_image(rows["image"][i], f"{path} row {key}")
+                out["rgb"].append(rgb)
+                depth = decode_depth(rows["depth"][i], rows["height"][i], rows["width"][i], f"{path} row {key}")
+                out["depth"].append(depth.copy())
+                out["image"].append(eval_image(rgb, input_size))
+            result: dict[str, Any] = {"index": np.asarray(rows["index"][start:stop], dtype=np.int64)}
+            if keys:
+                result["key"] = np.asarray(rows["key"][start:stop], dtype=object)
+            for name, arrays in out.items():
+                same = all(a.shape == arrays[0].shape for a in arrays)
+                result[name] = np.stack(arrays) if same else arrays
+            yield result
+
+
+def eval_dataset(cfg, split: str | None = None, *, input_size: int, max_samples: int = 0, keys: bool = False):
+    """The evaluation ``ray.data.Dataset`` of ``cfg.root/<split or cfg.val_split>``, in shard order.
+
+    Columns: ``image`` float32 (3, h, w) ImageNet-normalised at DAv2's eval size (short side ``input_size``, both
+    sides multiples of 14, :func:`~dad_ray.data.augment.eval_size`), ``depth`` float32 (H0, W0) ground truth
+    (0 invalid), ``rgb`` uint8 (H0, W0, 3), ``index`` int64 (position in the split, 0-based) and, with ``keys``, the
+    string ``key`` of each sample. ``key`` is opt-in because ``iter_torch_batches`` cannot convert strings (use
+    ``iter_batches`` when asking for it). ``max_samples`` > 0 keeps the first ``max_samples`` rows.
+    """
+    configure_data_context(cfg)
+    manifest, files, fs = shard_files(cfg.root, split or cfg.val_split)
+    units = row_groups(manifest, files)
+    if max_samples > 0:  # only the row groups that hold the first max_samples rows
+        covered = np.cumsum([u["rows"] for u in units])
+        units = units[: int(np.searchsorted(covered, max_samples)) + 1]
+    ds = _units_dataset(units).map_batches(
+        _eval_units,
+        fn_kwargs={"input_size": input_size, "keys": keys, "fs": fs},
+        batch_size=1,
+        num_cpus=cfg.data_cpus,
+        batch_format="numpy",
+    )
+    if max_samples > 0:
+        ds = ds.limit(max_samples)
+    ds.context.execution_options.preserve_order = True
+    return ds

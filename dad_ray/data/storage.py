@@ -1,0 +1,60 @@
+"""Paths that are either local directories or pyarrow filesystem URIs (s3://, gs://, file://, ...).
+
+Every read and write of shards and manifests goes through here, so the same code serves a laptop and a bucket.
+Writes are atomic at file level: the bytes go to a temporary name next to the target, then a rename (local: an
+atomic ``os.replace``; object stores: a copy, which readers never see half-done because they only open files that a
+manifest lists, and the manifest is written last).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or a URI (``pyarrow.fs.FileSystem.from_uri``)."""
+    if is_uri(path):
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs, inner.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def join(path: str, *parts: str) -> str:
+    """Join with '/' (URIs) or the OS separator (local paths)."""
+    if is_uri(path):
+        return "/".join([path.rstrip("/"), *parts])
+    return os.path.join(path, *parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a unique temporary name and a rename: never a half-written ``path``."""
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+    with fs.open_output_stream(tmp) as stream:
+        stream.write(data)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.replace(tmp, path)  # atomic on POSIX, also when ``path`` exists
+    else:
+        fs.move(tmp, path)
+
+
+def delete(fs: pafs.FileSystem, path: str) -> None:
+    if exists(fs, path):
+        fs.delete_file(path)

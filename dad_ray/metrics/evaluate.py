@@ -1,0 +1,220 @@
+"""Evaluate a checkpoint on shards with Ray Data: the logic behind ``jobs/evaluate.py`` and the trainer's final eval.
+
+``read_shards(data, split)`` (re-blocked to ``batch_size`` rows before decoding) →
+``map_batches(EvalActor, ActorPoolStrategy)`` (each actor loads the model once, predicts disparity at each image's
+size with :class:`~dad_ray.models.DepthPredictor`, and turns it into per-image metric rows with
+:func:`~dad_ray.metrics.evaluate_disparity`) → the driver streams the small rows back with a progress bar and sums
+them in a :class:`~dad_ray.metrics.MetricAccumulator` (sums and counts: exact whatever the number of actors or
+blocks). Images with no valid pixel under the protocol are counted and named, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dad_ray.metrics.depth import METRIC_KEYS, MetricAccumulator
+from dad_ray.metrics.protocol import ALIGNMENTS, PROTOCOLS, evaluate_disparity, get_protocol
+
+logger = logging.getLogger(__name__)
+
+
+class EvalActor:
+    """Ray Data actor: a batch {"key", "image" (B, H, W, 3) uint8 or ragged, "depth" (B, H, W) or ragged} → one row
+    per image: "key", "valid" (bool), "n_pixels" (valid pixels under the protocol) and one float64 column per metric
+    (0 where not valid)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        weights: str,
+        input_size: int,
+        device: str,
+        batch_size: int,
+        protocol: str,
+        alignment: str,
+        threads: int = 1,
+    ) -> None:
+        from dad_ray.models import DepthPredictor
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.predictor = DepthPredictor(
+            model_name, weights, input_size=input_size, device=device, batch_size=batch_size
+        )
+        self.protocol = get_protocol(protocol)
+        self.alignment = alignment
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        disparities = self.predictor.predict(batch["image"])
+        depths = [np.asarray(d, dtype=np.float32) for d in batch["depth"]]
+        rows: dict[str, list] = {"key": [], "valid": [], "n_pixels": [], **{k: [] for k in METRIC_KEYS}}
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, depth in enumerate(depths):
+            if disparities[i].shape != depth.shape:
+                raise ValueError(
+                    f"row {batch['key'][i]}: prediction {disparities[i].shape} and depth {depth.shape} differ in size"
+                )
+            groups.setdefault(depth.shape, []).append(i)
+        out: list[dict[str, Any] | None] = [None] * len(depths)
+        for indices in groups.values():  # one vectorised call per image size (usually a single group)
+            pred = torch.from_numpy(np.stack([disparities[i] for i in indices]))
+            gt = torch.from_numpy(np.stack([depths[i] for i in indices]))
+            per_image, valid = evaluate_disparity(pred, gt, self.protocol, self.alignment)
+            n_pixels = self.protocol.valid_mask(gt).flatten(1).sum(-1)
+            for j, i in enumerate(indices):
+                out[i] = {"valid": bool(valid[j]), "n_pixels": int(n_pixels[j])}
+                out[i].update({k: float(per_image[k][j]) for k in METRIC_KEYS})
+        for i, row in enumerate(out):
+            rows["key"].append(str(batch["key"][i]))
+            for name, value in row.items():
+                rows[name].append(value)
+        result = {name: np.asarray(values) for name, values in rows.items()}
+        result["key"] = np.asarray(rows["key"], dtype=object)
+        return result
+
+
+def _actor_plan(use_gpu: bool, actors: int) -> tuple[int, dict[str, float], str, int]:
+    """(actors, map_batches resources per actor, device, torch threads per actor) for the connected cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if use_gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise RuntimeError("use_gpu: the Ray cluster has no GPU (ray.cluster_resources() lists none)")
+        return (actors or gpus), {"num_gpus": 1, "num_cpus": 1}, "cuda", 1
+    cpus = int(resources.get("CPU", 1))
+    # one CPU stays free for the shard read (its listing task needs 1 CPU) and the driver
+    n = actors or max(1, min(cpus - 1, (os.cpu_count() or 1)))
+    threads = max(1, (os.cpu_count() or 1) // n)
+    return n, {"num_cpus": 1}, "cpu", threads
+
+
+def evaluate_checkpoint(
+    *,
+    model_name: str,
+    weights: str,
+    data: str,
+    split: str | None = "test",
+    protocol: str = "nyu",
+    alignment: str = "disparity",
+    input_size: int = 518,
+    batch_size: int = 4,
+    max_samples: int = 0,
+    use_gpu: bool = False,
+    actors: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of one checkpoint on ``data`` (a shard root with ``split``, or a split directory with split None).
+
+    Returns {metric: mean over images with a valid pixel, "n_images", "n_invalid", "invalid_keys" (list),
+    "protocol", "alignment", "model", "weights", "split"}. Starts a local Ray when none is connected (or joins
+    ``RAY_ADDRESS``). ``max_samples`` > 0 evaluates the first rows only; ``actors`` 0 = one per GPU, or CPUs − 1.
+    """
+    import ray
+    import ray.data
+
+    from dad_ray.data.shards import decode_rows, read_raw, shard_files
+
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"checkpoint {weights} does not exist")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not ray.is_initialized():
+        from dad_ray.train import init_ray
+
+        init_ray()
+    manifest, _files, _fs = shard_files(data, split)
+    total = manifest["num_samples"] if max_samples <= 0 else min(max_samples, manifest["num_samples"])
+    # = read_shards(data, split), with the encoded rows re-blocked (streaming) into batch-sized blocks before
+    # decoding, so that the actor pool gets work in parallel even from a single shard
+    ds = read_raw(data, split)
+    if max_samples > 0:
+        ds = ds.limit(max_samples)
+    ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(
+        decode_rows, batch_size=batch_size, num_cpus=1, batch_format="numpy"
+    )
+    n_actors, resources, device, threads = _actor_plan(use_gpu, actors)
+    rows = ds.map_batches(
+        EvalActor,
+        fn_constructor_kwargs={
+            "model_name": model_name,
+            "weights": str(Path(weights).resolve()),
+            "input_size": input_size,
+            "device": device,
+            "batch_size": batch_size,
+            "protocol": protocol,
+            "alignment": alignment,
+            "threads": threads,
+        },
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        batch_size=batch_size,
+        batch_format="numpy",
+        **resources,
+    )
+    logger.info(
+        "evaluating %s (%s) on %d images of %s/%s: protocol %s, alignment in %s space, %d actor(s) on %s",
+        model_name, weights, total, data, split or "", protocol, alignment, n_actors, device,
+    )  # fmt: skip
+    acc = MetricAccumulator()
+    invalid_keys: list[str] = []
+    with tqdm(total=total, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
+        for batch in rows.iter_batches(batch_size=64, batch_format="numpy"):
+            valid = torch.tensor(np.asarray(batch["valid"], dtype=bool))
+            acc.add({k: torch.tensor(np.asarray(batch[k], dtype=np.float64)) for k in METRIC_KEYS}, valid)
+            invalid_keys += [str(k) for k, v in zip(batch["key"], batch["valid"]) if not v]
+            bar.update(len(valid))
+    result: dict[str, Any] = acc.compute()
+    if result["n_images"] != total:
+        raise RuntimeError(f"evaluated {result['n_images']} images but the split holds {total}")
+    if invalid_keys:
+        logger.warning(
+            "%d image(s) have no valid pixel under protocol %s and are excluded from the means: %s",
+            len(invalid_keys), protocol, ", ".join(invalid_keys[:10]) + (" ..." if len(invalid_keys) > 10 else ""),
+        )  # fmt: skip
+    result.update(
+        invalid_keys=invalid_keys,
+        protocol=protocol,
+        alignment=alignment,
+        model=model_name,
+        weights=str(weights),
+        split=f"{data}/{split}" if split else str(data),
+    )
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A markdown table of one evaluation, stating the protocol and the alignment space."""
+    head = "| " + " | ".join(METRIC_KEYS) + " | images | no valid pixel |"
+    values = " | ".join("nan" if math.isnan(result[k]) else f"{result[k]:.4f}" for k in METRIC_KEYS)
+    return "\n".join(
+        [
+            f"{result['model']} on {result['split']} — protocol {result['protocol']}, least-squares alignment in "
+            f"{result['alignment']} space (silog = 100·sqrt(mean e² − (mean e)²))",
+            head,
+            "|" + "---|" * (len(METRIC_KEYS) + 2),
+            f"| {values} | {result['n_images']} | {result['n_invalid']} |",
+        ]
+    )
+
+
+def write_tensorboard(result: dict[str, Any], log_dir: str, tag: str = "eval") -> None:
+    """The metrics as TensorBoard scalars ``<tag>/<metric>`` (step 0) in ``log_dir``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir) as writer:
+        for k in (*METRIC_KEYS, "n_images", "n_invalid"):
+            writer.add_scalar(f"{tag}/{k}", result[k], 0)
+        writer.add_text(f"{tag}/protocol", f"{result['protocol']}, alignment in {result['alignment']} space", 0)

@@ -1,0 +1,250 @@
+"""Reading a finished (or interrupted) experiment: ranked trials, the best config, plots, search efficiency."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dad_ray.config import get_dotted, load_config, save_config, to_dict
+from dad_ray.tune.driver import TRIALS_DIR, load_experiment_space
+from dad_ray.tune.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+BEST_CONFIG = "best_config.yaml"
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    status: str  # TERMINATED / ERROR / RUNNING / PENDING ...
+    hparams: dict[str, Any]
+    best: float  # best metric (nan when never validated)
+    steps: int  # optimizer steps run
+    time_used: int  # last value of the scheduler's time attribute
+    stopped_early: bool  # ASHA stopped it before max_t
+    error: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)  # {step, val_round, metric}
+
+
+@dataclass
+class ExperimentReport:
+    exp_dir: Path
+    space: SearchSpace
+    trials: list[TrialSummary]  # ranked, best first; failed/never-validated last
+    steps_spent: int
+    steps_full: int  # every trial to max_t
+
+    @property
+    def best(self) -> TrialSummary | None:
+        return self.trials[0] if self.trials and not math.isnan(self.trials[0].best) else None
+
+    @property
+    def efficiency(self) -> float:
+        return self.steps_spent / self.steps_full if self.steps_full else float("nan")
+
+
+def _read_results(trial_path: Path) -> list[dict[str, Any]]:
+    path = trial_path / "result.json"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by an interruption
+                logger.warning("%s: skipping a truncated line", path)
+    return rows
+
+
+def _tune_trial_dirs(exp_dir: Path) -> dict[str, Path]:
+    """trial id → Tune's trial directory (the ones holding params.json)."""
+    out = {}
+    for params in exp_dir.glob("*/params.json"):
+        rows = _read_results(params.parent)
+        trial_id = rows[0]["trial_id"] if rows else None
+        if trial_id is None:
+            # Tune's trial dir names end with <trial id> before the parameters: run_trial_<id>_<n>_...
+            parts = params.parent.name.split("_")
+            trial_id = next((f"{a}_{b}" for a, b in zip(parts, parts[1:]) if len(b) == 5 and b.isdigit()), None)
+        if trial_id:
+            out[trial_id] = params.parent
+    return out
+
+
+def _trial_states(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial id → {status, config, error} from Tune's experiment state (ExperimentAnalysis)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(exp_dir))
+    out = {}
+    for trial in analysis.trials:
+        error = ""
+        if trial.status == "ERROR":
+            error_file = Path(trial.local_path or "") / "error.txt"
+            error = error_file.read_text().strip().splitlines()[-1] if error_file.is_file() else "error"
+        out[trial.trial_id] = {"status": trial.status, "config": trial.config, "error": error}
+    return out
+
+
+def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
+    exp_dir = Path(exp_dir).resolve()
+    space = load_experiment_space(exp_dir)
+    sched = space.scheduler
+    metric, sign = space.metric, (1 if space.mode == "min" else -1)
+    states = _trial_states(exp_dir)
+    dirs = _tune_trial_dirs(exp_dir)
+    base = space.base_config()
+    steps_per_time = base.train.val_every if sched and sched.time_attr == "val_round" else 1
+    max_t = sched.max_t if sched else None
+
+    trials = []
+    for trial_id, state in states.items():
+        rows = _read_results(dirs[trial_id]) if trial_id in dirs else []
+        history = [
+            {"step": r.get("step", 0), "val_round": r.get("val_round", 0), "metric": r[metric]}
+            for r in rows
+            if metric in r and r[metric] is not None
+        ]
+        values = [h["metric"] for h in history if not math.isnan(h["metric"])]
+        best = (min if sign > 0 else max)(values) if values else float("nan")
+        steps = max((h["step"] for h in history), default=0)
+        time_attr = sched.time_attr if sched else "step"
+        time_used = max((h[time_attr] for h in history), default=0)
+        cfg = space.trial_config(state["config"], name="x", output=str(exp_dir))
+        tree = to_dict(cfg)
+        trials.append(
+            TrialSummary(
+                trial_id=trial_id,
+                status=state["status"],
+                hparams={k: get_dotted(tree, k) for k in space.searched_keys},
+                best=best,
+                steps=steps,
+                time_used=time_used,
+                stopped_early=bool(max_t and state["status"] == "TERMINATED" and time_used < max_t),
+                error=state["error"],
+                history=history,
+            )
+        )
+    trials.sort(key=lambda t: (math.isnan(t.best), sign * t.best if not math.isnan(t.best) else 0.0, t.trial_id))
+    spent = sum(t.steps for t in trials)
+    full = len(trials) * (max_t * steps_per_time if max_t else base.optim.max_steps)
+    return ExperimentReport(exp_dir=exp_dir, space=space, trials=trials, steps_spent=spent, steps_full=full)
+
+
+def write_best_config(report: ExperimentReport) -> Path | None:
+    """The best trial's complete config as ``best_config.yaml`` (``jobs/distill.py --config`` runs it as a fresh
+    run named ``best_<trial id>``)."""
+    best = report.best
+    if best is None:
+        logger.warning("no trial reported %s: no best config written", report.space.metric)
+        return None
+    cfg = load_config(report.exp_dir / TRIALS_DIR / best.trial_id / "config.yaml")
+    cfg = replace(cfg, train=replace(cfg.train, name=f"best_{best.trial_id}"))
+    return save_config(cfg, report.exp_dir / BEST_CONFIG)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(report: ExperimentReport) -> str:
+    keys = report.space.searched_keys
+    header = ["rank", "trial"] + keys + [f"best {report.space.metric}", "steps", "status"]
+    rows = []
+    for i, t in enumerate(report.trials, 1):
+        status = (
+            "ERROR: " + t.error[:60]
+            if t.status == "ERROR"
+            else ("stopped by ASHA" if t.stopped_early else t.status.lower())
+        )
+        rows.append([str(i), t.trial_id] + [_fmt(t.hparams[k]) for k in keys] + [_fmt(t.best), str(t.steps), status])
+    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("-" * len(lines[0]))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines.append(
+        f"search efficiency: {report.steps_spent} steps spent vs {report.steps_full} to run every trial to max_t "
+        f"({100 * report.efficiency:.1f} %); {sum(t.stopped_early for t in report.trials)} stopped early by ASHA, "
+        f"{sum(t.status == 'ERROR' for t in report.trials)} failed"
+    )
+    return "\n".join(lines)
+
+
+def rungs(report: ExperimentReport) -> list[int]:
+    s = report.space.scheduler
+    if s is None:
+        return []
+    out, t = [], s.grace_period
+    while t < s.max_t:
+        out.append(int(t))
+        t *= s.reduction_factor
+    return out
+
+
+def plot(report: ExperimentReport, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """PNG plots: the metric vs each hyper-parameter, and every trial's validation curve with ASHA's rungs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir or report.exp_dir / "plots")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric = report.space.metric
+    done = [t for t in report.trials if not math.isnan(t.best)]
+    paths = []
+    for key in report.space.searched_keys:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [t.hparams[key] for t in done]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        if not numeric:
+            cats = sorted({str(x) for x in xs})
+            xs = [cats.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(cats)), cats)
+        colors = ["tab:red" if t.stopped_early else "tab:blue" for t in done]
+        ax.scatter(xs, [t.best for t in done], c=colors)
+        if numeric and key.endswith("lr") or (numeric and xs and min(xs) > 0 and max(xs) / min(xs) > 50):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"best {metric}")
+        ax.set_title(f"{metric} vs {key} (red: stopped by ASHA)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"metric_vs_{key.replace('.', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+    time_attr = report.space.scheduler.time_attr if report.space.scheduler else "step"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in report.trials:
+        if t.history:
+            ax.plot(
+                [h[time_attr] for h in t.history],
+                [h["metric"] for h in t.history],
+                marker="o",
+                linestyle="--" if t.stopped_early else "-",
+                label=t.trial_id,
+            )
+    for r in rungs(report):
+        ax.axvline(r, color="grey", linestyle=":", linewidth=1)
+        ax.text(r, ax.get_ylim()[1], f" rung {r}", va="top", fontsize=7, color="grey")
+    ax.set_xlabel(time_attr)
+    ax.set_ylabel(metric)
+    ax.set_title("validation curves (dashed: stopped by ASHA; dotted lines: ASHA rungs)", fontsize=9)
+    if len(report.trials) <= 12:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "validation_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+    return paths

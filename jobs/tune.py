@@ -1,0 +1,79 @@
+"""Hyper-parameter search for Distill-Any-Depth with Ray Tune + ASHA; each trial is one distillation run.
+
+    python jobs/tune.py                                       # embedded default: small search on synthetic data, CPU
+    python jobs/tune.py --space search_spaces/smoke.yaml      # 4 tiny trials (tests)
+    python jobs/tune.py --space loss_weights --output runs/tune --set train.num_workers=2
+    python jobs/tune.py --resume runs/tune/loss_weights       # continue an interrupted experiment
+    ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/loss_weights.yaml
+
+Results: <output>/<experiment>/ (Tune state, trials/<id>/ runs with TensorBoard + HParams). Then:
+    tensorboard --logdir <output>/<experiment>
+    python jobs/analyze.py <output>/<experiment>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dad_ray.config import ConfigError
+from dad_ray.logging_utils import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="default", help="search-space YAML, or the name of one in search_spaces/")
+    parser.add_argument("--output", default="runs/tune", help="experiments go to <output>/<experiment>")
+    parser.add_argument("--name", help="experiment name (default: the space file's name)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra fixed config override for every trial (added to the space's overrides; repeatable)",
+    )
+    parser.add_argument("--max-concurrent-trials", type=int, help="override the space's / the computed concurrency")
+    parser.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted experiment")
+    parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun failed trials too")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    from dad_ray.tune import driver
+    from dad_ray.tune.analysis import analyze, format_table
+
+    if args.resume:
+        try:
+            results = driver.resume_search(args.resume, restart_errored=args.restart_errored)
+        except (FileNotFoundError, ConfigError) as err:
+            parser.error(str(err))
+        exp_dir = args.resume
+    else:
+        import yaml
+
+        from dad_ray.config.loader import parse_override
+        from dad_ray.tune.space import parse_space, resolve_space_path
+
+        try:
+            path = resolve_space_path(args.space)
+            data = yaml.safe_load(path.read_text()) or {}
+            if args.overrides:
+                data["overrides"] = {**(data.get("overrides") or {}), **dict(map(parse_override, args.overrides))}
+            space = parse_space(data, path=str(path), name=args.name)
+        except (ConfigError, yaml.YAMLError) as err:
+            parser.error(str(err))
+        driver.init_ray_for_tune()
+        results = driver.run_search(
+            space, args.output, name=args.name, max_concurrent_trials=args.max_concurrent_trials
+        )
+        exp_dir = str(driver.experiment_dir(args.output, args.name or space.name))
+
+    print(f"{len(results)} trials, {len(results.errors)} failed")
+    report = analyze(exp_dir)
+    print(format_table(report))
+    print(f"experiment: {exp_dir}\n  tensorboard --logdir {exp_dir}\n  python jobs/analyze.py {exp_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

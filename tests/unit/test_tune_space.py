@@ -1,0 +1,173 @@
+"""Search-space loading: every shipped space loads; bad keys and values fail before any trial, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dad_ray.config import ConfigError
+from dad_ray.tune.space import load_space, parse_space
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def smoke(**changes):
+    data = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_spaces_load(path):
+    space = load_space(path)
+    assert space.total_trials() >= 1
+    assert space.searched_keys
+
+
+def test_required_spaces_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {"loss_weights", "crop_sizes", "smoke", "default", "ablation"} <= names
+    assert set(load_space("loss_weights").searched_keys) == {
+        "loss.lambda_lg",
+        "loss.lambda_feat",
+        "loss.lambda_grad",
+        "loss.normalization",
+    }
+    assert {"data.crop_size", "data.min_crop", "data.local_patch_size", "data.local_overlap"} == set(
+        load_space("crop_sizes").searched_keys
+    )
+
+
+def test_ablation_is_the_papers_grid():
+    space = load_space("ablation")
+    assert space.total_trials() == 8
+    norm = next(p for p in space.params if p.key == "loss.normalization")
+    assert set(norm.values) == {"global", "hybrid", "local", "none"}
+    assert {v["loss.lambda_lg"] for v in space.variants} == {0.0, 0.5}
+
+
+def test_smoke_has_at_least_four_trials_and_asha():
+    space = load_space("smoke")
+    assert space.total_trials() >= 4
+    assert space.scheduler.grace_period < space.scheduler.max_t
+
+
+def test_unknown_param_key_names_it_with_close_matches():
+    with pytest.raises(ConfigError, match=r"unknown config key 'loss\.lamda_lg'.*did you mean loss\.lambda_lg"):
+        parse_space(smoke(params={"loss.lamda_lg": {"uniform": [0, 1]}}))
+
+
+def test_unknown_override_key_fails():
+    with pytest.raises(ConfigError, match=r"overrides.*unknown config key 'optim\.max_step'.*optim\.max_steps"):
+        parse_space(smoke(overrides={"optim.max_step": 10}))
+
+
+def test_unknown_top_level_key_fails():
+    with pytest.raises(ConfigError, match=r"unknown search-space key 'num_sample'.*num_samples"):
+        parse_space({**smoke(), "num_sample": 3})
+
+
+def test_crop_not_multiple_of_14_fails_on_a_choice():
+    with pytest.raises(ConfigError, match=r"params\.data\.crop_size=60.*multiple of 14"):
+        parse_space(smoke(params={"data.crop_size": {"choice": [56, 60]}}))
+
+
+def test_randint_crop_bounds_must_be_multiples():
+    with pytest.raises(ConfigError, match=r"data\.crop_size.*multiples of 14"):
+        parse_space(smoke(params={"data.crop_size": {"randint": [50, 112], "multiple_of": 14}}))
+
+
+def test_randint_multiple_of_samples_only_multiples():
+    space = parse_space(smoke(params={"data.crop_size": {"randint": [56, 112], "multiple_of": 14}}))
+    (param,) = space.params
+    assert param.candidates() == [56, 70, 84, 98, 112]
+
+
+def test_negative_lambda_fails_at_the_range_end():
+    with pytest.raises(ConfigError, match=r"params\.loss\.lambda_grad=-0\.5.*loss\.lambda_grad: must be >= 0"):
+        parse_space(smoke(params={"loss.lambda_grad": {"uniform": [-0.5, 1.0]}}))
+
+
+def test_bad_choice_value_in_literal_fails():
+    with pytest.raises(ConfigError, match=r"loss\.normalization.*'hybird'"):
+        parse_space(smoke(params={"loss.normalization": {"grid": ["hybrid", "hybird"]}}))
+
+
+def test_invalid_variant_fails():
+    with pytest.raises(ConfigError, match=r"variants\[1\].*loss\.lambda_lg: must be >= 0"):
+        parse_space(smoke(variants=[{"loss.lambda_lg": 0.0}, {"loss.lambda_lg": -1.0}]))
+
+
+def test_reserved_keys_cannot_be_searched():
+    with pytest.raises(ConfigError, match=r"train\.name.*set by the tune driver"):
+        parse_space(smoke(params={"train.name": {"choice": ["a", "b"]}}))
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "pattern"),
+    [
+        ({"type": "asha", "time_attr": "steps"}, r"time_attr.*did you mean step"),
+        ({"type": "asha", "max_t": 12, "grace_period": 20}, r"grace_period: must be <= max_t"),
+        ({"type": "asha", "max_t": 1000, "grace_period": 6}, r"max_t: 1000 steps is beyond"),
+        ({"type": "asha", "reduction_factor": 1}, r"reduction_factor: must be > 1"),
+        ({"type": "hyperband"}, r"only 'asha'"),
+        ({"type": "asha", "grace_perod": 2}, r"unknown key 'grace_perod'.*grace_period"),
+    ],
+)
+def test_bad_scheduler(scheduler, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_space(smoke(scheduler=scheduler))
+
+
+def test_bad_distribution_and_metric():
+    with pytest.raises(ConfigError, match=r"unknown field 'choise'.*choice"):
+        parse_space(smoke(params={"optim.lr": {"choise": [1e-3]}}))
+    with pytest.raises(ConfigError, match=r"loguniform needs low > 0"):
+        parse_space(smoke(params={"optim.lr": {"loguniform": [0.0, 1e-3]}}))
+    with pytest.raises(ConfigError, match=r"metric.*'val_absrel'.*val_abs_rel"):
+        parse_space(smoke(metric="val_absrel"))
+
+
+def test_trial_config_applies_base_overrides_params_and_variant(tmp_path):
+    space = parse_space(smoke(variants=[{"loss.lambda_lg": 0.0}, {"loss.lambda_lg": 0.25}]))
+    cfg = space.trial_config(
+        {"optim.lr": 1e-6, "loss.normalization": "global", "variant": 1}, name="t1", output=str(tmp_path)
+    )
+    assert cfg.optim.lr == 1e-6 and cfg.loss.normalization == "global" and cfg.loss.lambda_lg == 0.25
+    assert cfg.train.max_failures == 0 and cfg.train.image_every == 0  # the space's overrides
+    assert cfg.data.crop_size == 56  # from the smoke preset
+    assert cfg.train.name == "t1" and cfg.train.output == str(tmp_path)
+    assert space.searched_keys == ["optim.lr", "loss.normalization", "loss.lambda_lg"]
+
+
+def test_param_space_maps_to_tune_domains():
+    from ray import tune
+
+    space = parse_space(
+        smoke(
+            params={
+                "optim.lr": {"loguniform": [1e-4, 1e-2]},
+                "data.crop_size": {"randint": [56, 84], "multiple_of": 14},
+                "loss.normalization": {"grid": ["global", "local"]},
+            }
+        )
+    )
+    ps = space.param_space()
+    assert isinstance(ps["optim.lr"], tune.search.sample.Float)
+    assert ps["data.crop_size"].categories == [56, 70, 84]
+    assert ps["loss.normalization"] == {"grid_search": ["global", "local"]}
+    assert space.total_trials() == 2 * space.num_samples
+
+
+def test_list_items_are_addressed_by_index():
+    space = parse_space(smoke(overrides={"model.teachers.0.weights": "/x/teacher.safetensors"}))
+    assert space.base_config().model.teachers[0].weights == "/x/teacher.safetensors"
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.teachers\.0\.weight'"):
+        parse_space(smoke(overrides={"model.teachers.0.weight": "/x"}))
