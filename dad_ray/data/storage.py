@@ -58,3 +58,36 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 def delete(fs: pafs.FileSystem, path: str) -> None:
     if exists(fs, path):
         fs.delete_file(path)
+
+
+def upload_tree(local_dir: str | os.PathLike, uri: str) -> None:
+    """Copy every file under ``local_dir`` to ``uri`` (a directory, local or URI), overwriting same-named files."""
+    fs, inner = resolve(uri)
+    fs.create_dir(inner, recursive=True)
+    pafs.copy_files(str(local_dir), inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download_file(uri: str, local_path: str | os.PathLike) -> bool:
+    """Copy the file at ``uri`` to ``local_path`` (atomically); False if there is no such file."""
+    fs, inner = resolve(uri)
+    if not exists(fs, inner):
+        return False
+    write_atomic(pafs.LocalFileSystem(), os.path.abspath(local_path), read_bytes(fs, inner))
+    return True
+
+
+def upload_file(local_path: str | os.PathLike, uri: str) -> None:
+    """Copy one local file to ``uri`` (atomically)."""
+    fs, inner = resolve(uri)
+    with open(local_path, "rb") as f:
+        write_atomic(fs, inner, f.read())
+
+
+def local_copy(path: str, cache_dir: str | os.PathLike) -> str:
+    """``path`` itself if local, else the file at URI ``path`` downloaded into ``cache_dir`` (kept there)."""
+    if not is_uri(path):
+        return path
+    dest = os.path.join(str(cache_dir), f"{uuid.uuid5(uuid.NAMESPACE_URL, path).hex}-{path.rsplit('/', 1)[-1]}")
+    if not download_file(path, dest):
+        raise FileNotFoundError(f"{path} does not exist")
+    return dest

@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on shards with Ray Data: the logic behind ``jobs/evaluate.py`` and the trainer's final eval.
 
 ``read_shards(data, split)`` (re-blocked to ``batch_size`` rows before decoding) →
-``map_batches(EvalActor, ActorPoolStrategy)`` (each actor loads the model once, predicts disparity at each image's
-size with :class:`~dad_ray.models.DepthPredictor`, and turns it into per-image metric rows with
+``map_batches(EvalActor, ActorPoolStrategy)`` (each actor loads every model to evaluate once, predicts disparity at
+each image's size with :class:`~dad_ray.models.DepthPredictor`, and turns it into per-image metric rows with
 :func:`~dad_ray.metrics.evaluate_disparity`) → the driver streams the small rows back with a progress bar and sums
 them in a :class:`~dad_ray.metrics.MetricAccumulator` (sums and counts: exact whatever the number of actors or
 blocks). Images with no valid pixel under the protocol are counted and named, never dropped.
@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from tqdm import tqdm
 
+from dad_ray.data import storage
 from dad_ray.metrics.depth import METRIC_KEYS, MetricAccumulator
 from dad_ray.metrics.protocol import ALIGNMENTS, PROTOCOLS, evaluate_disparity, get_protocol
 
@@ -27,14 +29,16 @@ logger = logging.getLogger(__name__)
 
 
 class EvalActor:
-    """Ray Data actor: a batch {"key", "image" (B, H, W, 3) uint8 or ragged, "depth" (B, H, W) or ragged} → one row
-    per image: "key", "valid" (bool), "n_pixels" (valid pixels under the protocol) and one float64 column per metric
-    (0 where not valid)."""
+    """Ray Data actor evaluating one or several models on the same decoded images.
+
+    A batch {"key", "image" (B, H, W, 3) uint8 or ragged, "depth" (B, H, W) or ragged} → one row per (model, image):
+    "model" (its label), "key", "valid" (bool), "n_pixels" (valid pixels under the protocol) and one float64 column
+    per metric (0 where not valid). ``models`` = [(label, registry name, weights path), ...], each loaded once.
+    """
 
     def __init__(
         self,
-        model_name: str,
-        weights: str,
+        models: list[tuple[str, str, str]],
         input_size: int,
         device: str,
         batch_size: int,
@@ -42,28 +46,30 @@ class EvalActor:
         alignment: str,
         threads: int = 1,
     ) -> None:
+        import tempfile
+
+        from dad_ray.data.storage import local_copy
         from dad_ray.models import DepthPredictor
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.predictor = DepthPredictor(
-            model_name, weights, input_size=input_size, device=device, batch_size=batch_size
-        )
+        cache = tempfile.mkdtemp(prefix="dad_ray_eval_weights_")  # weights given as URIs are fetched once per actor
+        self.predictors = {
+            label: DepthPredictor(
+                name, local_copy(weights, cache), input_size=input_size, device=device, batch_size=batch_size
+            )
+            for label, name, weights in models
+        }
         self.protocol = get_protocol(protocol)
         self.alignment = alignment
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        disparities = self.predictor.predict(batch["image"])
-        depths = [np.asarray(d, dtype=np.float32) for d in batch["depth"]]
-        rows: dict[str, list] = {"key": [], "valid": [], "n_pixels": [], **{k: [] for k in METRIC_KEYS}}
+    def _metric_rows(self, disparities: list[np.ndarray], depths: list[np.ndarray], keys) -> list[dict[str, Any]]:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, depth in enumerate(depths):
             if disparities[i].shape != depth.shape:
-                raise ValueError(
-                    f"row {batch['key'][i]}: prediction {disparities[i].shape} and depth {depth.shape} differ in size"
-                )
+                raise ValueError(f"row {keys[i]}: prediction {disparities[i].shape} and depth {depth.shape} differ")
             groups.setdefault(depth.shape, []).append(i)
-        out: list[dict[str, Any] | None] = [None] * len(depths)
+        out: list[dict[str, Any]] = [{} for _ in depths]
         for indices in groups.values():  # one vectorised call per image size (usually a single group)
             pred = torch.from_numpy(np.stack([disparities[i] for i in indices]))
             gt = torch.from_numpy(np.stack([depths[i] for i in indices]))
@@ -72,12 +78,21 @@ class EvalActor:
             for j, i in enumerate(indices):
                 out[i] = {"valid": bool(valid[j]), "n_pixels": int(n_pixels[j])}
                 out[i].update({k: float(per_image[k][j]) for k in METRIC_KEYS})
-        for i, row in enumerate(out):
-            rows["key"].append(str(batch["key"][i]))
-            for name, value in row.items():
-                rows[name].append(value)
+        return out
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        depths = [np.asarray(d, dtype=np.float32) for d in batch["depth"]]
+        keys = [str(k) for k in batch["key"]]
+        rows: dict[str, list] = {"model": [], "key": [], "valid": [], "n_pixels": [], **{k: [] for k in METRIC_KEYS}}
+        for label, predictor in self.predictors.items():
+            for key, row in zip(keys, self._metric_rows(predictor.predict(batch["image"]), depths, keys)):
+                rows["model"].append(label)
+                rows["key"].append(key)
+                for name, value in row.items():
+                    rows[name].append(value)
         result = {name: np.asarray(values) for name, values in rows.items()}
-        result["key"] = np.asarray(rows["key"], dtype=object)
+        for name in ("model", "key"):
+            result[name] = np.asarray(rows[name], dtype=object)
         return result
 
 
@@ -98,10 +113,14 @@ def _actor_plan(use_gpu: bool, actors: int) -> tuple[int, dict[str, float], str,
     return n, {"num_cpus": 1}, "cpu", threads
 
 
-def evaluate_checkpoint(
+def evaluate_checkpoint(*, model_name: str, weights: str, **kwargs: Any) -> dict[str, Any]:
+    """Metrics of one checkpoint: :func:`evaluate_checkpoints` with a single model (same keyword arguments)."""
+    return evaluate_checkpoints({model_name: (model_name, weights)}, **kwargs)[model_name]
+
+
+def evaluate_checkpoints(
+    models: dict[str, tuple[str, str]],
     *,
-    model_name: str,
-    weights: str,
     data: str,
     split: str | None = "test",
     protocol: str = "nyu",
@@ -112,12 +131,14 @@ def evaluate_checkpoint(
     use_gpu: bool = False,
     actors: int = 0,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Metrics of one checkpoint on ``data`` (a shard root with ``split``, or a split directory with split None).
+) -> dict[str, dict[str, Any]]:
+    """Metrics of several checkpoints on ``data`` (a shard root with ``split``, or a split directory with split
+    None), in one pass: each image is read and decoded once and every model predicts it.
 
-    Returns {metric: mean over images with a valid pixel, "n_images", "n_invalid", "invalid_keys" (list),
-    "protocol", "alignment", "model", "weights", "split"}. Starts a local Ray when none is connected (or joins
-    ``RAY_ADDRESS``). ``max_samples`` > 0 evaluates the first rows only; ``actors`` 0 = one per GPU, or CPUs − 1.
+    ``models`` = {label: (registry name, weights path)}. Returns {label: {metric: mean over images with a valid
+    pixel, "n_images", "n_invalid", "invalid_keys" (list), "protocol", "alignment", "model", "weights", "split"}}.
+    Starts a local Ray when none is connected (or joins ``RAY_ADDRESS``). ``max_samples`` > 0 evaluates the first
+    rows only; ``actors`` 0 = one per GPU, or CPUs − 1.
     """
     import ray
     import ray.data
@@ -128,8 +149,12 @@ def evaluate_checkpoint(
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
-    if not Path(weights).is_file():
-        raise FileNotFoundError(f"checkpoint {weights} does not exist")
+    if not models:
+        raise ValueError("no model to evaluate")
+    for _name, weights in models.values():
+        fs, inner = storage.resolve(weights)
+        if fs.get_file_info(inner).type != pafs.FileType.File:
+            raise FileNotFoundError(f"checkpoint {weights} does not exist")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not ray.is_initialized():
@@ -150,8 +175,9 @@ def evaluate_checkpoint(
     rows = ds.map_batches(
         EvalActor,
         fn_constructor_kwargs={
-            "model_name": model_name,
-            "weights": str(Path(weights).resolve()),
+            "models": [
+                (label, name, w if storage.is_uri(w) else str(Path(w).resolve())) for label, (name, w) in models.items()
+            ],
             "input_size": input_size,
             "device": device,
             "batch_size": batch_size,
@@ -165,34 +191,47 @@ def evaluate_checkpoint(
         **resources,
     )
     logger.info(
-        "evaluating %s (%s) on %d images of %s/%s: protocol %s, alignment in %s space, %d actor(s) on %s",
-        model_name, weights, total, data, split or "", protocol, alignment, n_actors, device,
+        "evaluating %s on %d images of %s/%s: protocol %s, alignment in %s space, %d actor(s) on %s",
+        ", ".join(f"{label} ({name}, {w})" for label, (name, w) in models.items()),
+        total, data, split or "", protocol, alignment, n_actors, device,
     )  # fmt: skip
-    acc = MetricAccumulator()
-    invalid_keys: list[str] = []
-    with tqdm(total=total, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
+    accs = {label: MetricAccumulator() for label in models}
+    invalid_keys: dict[str, list[str]] = {label: [] for label in models}
+    desc = f"evaluate {', '.join(models)}"
+    with tqdm(total=total * len(models), desc=desc, unit="img", disable=not progress) as bar:
         for batch in rows.iter_batches(batch_size=64, batch_format="numpy"):
-            valid = torch.tensor(np.asarray(batch["valid"], dtype=bool))
-            acc.add({k: torch.tensor(np.asarray(batch[k], dtype=np.float64)) for k in METRIC_KEYS}, valid)
-            invalid_keys += [str(k) for k, v in zip(batch["key"], batch["valid"]) if not v]
-            bar.update(len(valid))
-    result: dict[str, Any] = acc.compute()
-    if result["n_images"] != total:
-        raise RuntimeError(f"evaluated {result['n_images']} images but the split holds {total}")
-    if invalid_keys:
-        logger.warning(
-            "%d image(s) have no valid pixel under protocol %s and are excluded from the means: %s",
-            len(invalid_keys), protocol, ", ".join(invalid_keys[:10]) + (" ..." if len(invalid_keys) > 10 else ""),
-        )  # fmt: skip
-    result.update(
-        invalid_keys=invalid_keys,
-        protocol=protocol,
-        alignment=alignment,
-        model=model_name,
-        weights=str(weights),
-        split=f"{data}/{split}" if split else str(data),
-    )
-    return result
+            labels = np.asarray(batch["model"])
+            for label in models:
+                sel = labels == label
+                if not sel.any():
+                    continue
+                valid = torch.tensor(np.asarray(batch["valid"], dtype=bool)[sel])
+                accs[label].add(
+                    {k: torch.tensor(np.asarray(batch[k], dtype=np.float64)[sel]) for k in METRIC_KEYS}, valid
+                )
+                invalid_keys[label] += [str(k) for k, v in zip(batch["key"][sel], valid.tolist()) if not v]
+            bar.update(len(labels))
+    results: dict[str, dict[str, Any]] = {}
+    for label, (name, weights) in models.items():
+        result: dict[str, Any] = accs[label].compute()
+        if result["n_images"] != total:
+            raise RuntimeError(f"{label}: evaluated {result['n_images']} images but the split holds {total}")
+        keys = invalid_keys[label]
+        if keys:
+            logger.warning(
+                "%s: %d image(s) have no valid pixel under protocol %s and are excluded from the means: %s",
+                label, len(keys), protocol, ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""),
+            )  # fmt: skip
+        result.update(
+            invalid_keys=keys,
+            protocol=protocol,
+            alignment=alignment,
+            model=name,
+            weights=str(weights),
+            split=f"{data}/{split}" if split else str(data),
+        )
+        results[label] = result
+    return results
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -54,6 +54,9 @@ class FeatureFusionBlock(nn.Module):
         return self.out_conv(x)
 
 
+OUTPUT_BIAS_INIT = 1.0  # see DPTHead.init_output_bias
+
+
 class DPTHead(nn.Module):
     """Four lists of patch tokens (B, h * w, C) → disparity before the final ReLU of the model, (B, 1, 14h, 14w)."""
 
@@ -84,6 +87,17 @@ class DPTHead(nn.Module):
             nn.Conv2d(32, 1, kernel_size=1),
             nn.ReLU(),
         )
+        self.init_output_bias()
+
+    def init_output_bias(self, value: float = OUTPUT_BIAS_INIT) -> None:
+        """Start a randomly initialised head inside its final ReLU's active range.
+
+        With PyTorch's default init the activations shrink through the ~20 convolutions of the head, so the last
+        1×1 convolution's output is its bias plus ~1e-4 of signal: a negative bias (half of all seeds) makes the
+        final ReLU output 0 everywhere, no gradient flows, and the model never learns (seen as a scale-invariant loss
+        stuck at exactly 1.0). A positive bias keeps every pixel active. Loaded weights overwrite it.
+        """
+        nn.init.constant_(self.scratch.output_conv2[2].bias, value)
 
     def forward(self, tokens: Sequence[torch.Tensor], grid_h: int, grid_w: int) -> torch.Tensor:
         """tokens: 4 x (B, h * w, C), h = grid_h, w = grid_w → (B, 1, 14h, 14w)."""

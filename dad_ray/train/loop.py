@@ -14,7 +14,6 @@ import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dad_ray.config import ExperimentConfig, from_dict
-from dad_ray.data import train_batches
+from dad_ray.data import storage, train_batches
 from dad_ray.logging_utils import setup_logging
 from dad_ray.metrics import MetricAccumulator, evaluate_disparity
 from dad_ray.train.autobatch import resolve_batch_size
@@ -59,11 +58,10 @@ def _maybe_inject_failure(cfg: ExperimentConfig, run_dir: str, step: int, rank: 
     """Testing hook (train.fail_at_step): rank 0 hard-exits once, the first time it reaches that step."""
     if cfg.train.fail_at_step != step or rank != 0:
         return
-    marker = Path(run_dir) / FAIL_MARKER.format(step=step)
-    if marker.exists():
+    fs, marker = storage.resolve(storage.join(run_dir, FAIL_MARKER.format(step=step)))
+    if storage.exists(fs, marker):
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("injected\n")
+    storage.write_atomic(fs, marker, b"injected\n")
     logger.warning("train.fail_at_step=%d: worker exits now (os._exit) to exercise fault tolerance", step)
     logging.shutdown()
     os._exit(17)
@@ -110,6 +108,10 @@ def _report(
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name=f"checkpoint_step{metrics['step']:07d}",
         )
+    # Ray Train V2's controller registers a reported checkpoint when it next polls the workers; a worker that dies
+    # before that poll would be restarted from the previous checkpoint (or from step 0: Ray issue #46814). Block
+    # until this checkpoint is committed, so "restart from the last checkpoint" means the one just written.
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -152,7 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     model.train()
     monitor = Monitor(tb_dir, rank, cfg.optim.max_steps, state.step)
-    journal = Journal(Path(run_dir) / JOURNAL_FILE if rank == 0 else None, attempt_start=state.step)
+    node_ids = _gather_node_ids()  # every rank takes part in the gather
+    journal = Journal(storage.join(run_dir, JOURNAL_FILE) if rank == 0 else None, state.step, node_ids)
     shard = ray.train.get_dataset_shard("train")
 
     def save_kwargs() -> dict[str, Any]:
@@ -212,6 +215,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 monitor.image_grid(step, last_vis["image"], [last_vis.get("teacher"), last_vis["student"], gt_disp])
             if step % cfg.train.val_every == 0 or step == cfg.optim.max_steps:
                 _validate_and_report(cfg, state, student, device, rank, monitor, save_kwargs, loss_value=parts["total"])
+                monitor.sync()  # uploads when the run directory is a URI
+                journal.sync()
             _maybe_inject_failure(cfg, run_dir, step, rank)
             if step >= cfg.optim.max_steps:
                 break

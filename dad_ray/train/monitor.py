@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dad_ray.data.storage import download_file, is_uri, upload_file, upload_tree
 from dad_ray.viz import colorize, make_grid
 
 logger = logging.getLogger(__name__)
@@ -36,15 +38,22 @@ def scale_stats(disparity: torch.Tensor, prefix: str) -> dict[str, float]:
 
 
 class Monitor:
-    """Averages scalars over the logging window, prints a progress line, writes TensorBoard on rank 0."""
+    """Averages scalars over the logging window, prints a progress line, writes TensorBoard on rank 0.
+
+    ``tb_dir`` may be a URI (``s3://…/tensorboard``): events are then written to a local directory and uploaded
+    at every validation (:meth:`sync`) and at :meth:`close`.
+    """
 
     def __init__(self, tb_dir: str | None, rank: int, max_steps: int, start_step: int) -> None:
         self.rank = rank
         self.max_steps = max_steps
         self.writer = None
+        self._remote = None
         if rank == 0 and tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
+            if is_uri(tb_dir):
+                self._remote, tb_dir = tb_dir, tempfile.mkdtemp(prefix="dad_ray_tensorboard_")
             Path(tb_dir).mkdir(parents=True, exist_ok=True)
             # purge_step drops events a crashed attempt wrote after the checkpoint we resumed from
             self.writer = SummaryWriter(tb_dir, purge_step=start_step if start_step > 0 else None)
@@ -102,6 +111,12 @@ class Monitor:
             for key, value in scalars.items():
                 self.writer.add_scalar(key, value, step)
 
+    def sync(self) -> None:
+        """Upload the event files when TensorBoard goes to a URI (no-op for a local directory)."""
+        if self.writer is not None and self._remote is not None:
+            self.writer.flush()
+            upload_tree(self.writer.log_dir, self._remote)
+
     def image_grid(
         self,
         step: int,
@@ -126,28 +141,46 @@ class Monitor:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.flush()
+            self.sync()
             self.writer.close()
 
 
 class Journal:
     """``<run>/progress.jsonl`` (rank 0): one JSON line per optimizer step — step, epoch, loss, wall time — and one
-    ``{"attempt_start": step}`` line each time a worker group starts (fresh or resumed). A run's history of restarts
-    can be read back from it, and tests use it to prove a resumed run neither repeats nor skips a step."""
+    ``{"attempt_start": step, "node_ids": [...]}`` line each time a worker group starts (fresh or resumed), with the
+    Ray node of every rank. A run's history of restarts and placements can be read back from it, and tests use it to
+    prove a resumed run neither repeats nor skips a step.
 
-    def __init__(self, path: Path | None, attempt_start: int) -> None:
+    ``path`` may be a URI: the journal is then appended to a local copy of the existing one and uploaded at every
+    :meth:`sync` (each validation) and at :meth:`close`."""
+
+    def __init__(self, path: str | Path | None, attempt_start: int, node_ids: list[str] | None = None) -> None:
         self._file = None
+        self._remote = None
         if path is not None:
+            if is_uri(str(path)):
+                self._remote = str(path)
+                path = Path(tempfile.mkdtemp(prefix="dad_ray_journal_")) / JOURNAL_FILE
+                download_file(self._remote, path)  # continue the run's journal
+            path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._path = path
             self._file = open(path, "a", buffering=1)  # noqa: SIM115 - line-buffered for the whole run
-            self._file.write(json.dumps({"attempt_start": attempt_start, "time": time.time()}) + "\n")
+            start = {"attempt_start": attempt_start, "node_ids": node_ids or [], "time": time.time()}
+            self._file.write(json.dumps(start) + "\n")
 
     def write(self, step: int, epoch: int, loss: float) -> None:
         if self._file is not None:
             self._file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "time": time.time()}) + "\n")
 
+    def sync(self) -> None:
+        if self._file is not None and self._remote is not None:
+            self._file.flush()
+            upload_file(self._path, self._remote)
+
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from dad_ray.config import ConfigError, ExperimentConfig, save_config, to_dict
-from dad_ray.data import ensure_synthetic, eval_dataset, ingest_options, train_dataset
+from dad_ray.data import ensure_synthetic, eval_dataset, ingest_options, storage, train_dataset
+from dad_ray.data.storage import is_uri
 from dad_ray.models import list_models, save_weights
 from dad_ray.train.checkpoint import STUDENT_FILE
 from dad_ray.train.loop import seed_everything, train_loop_per_worker
@@ -39,18 +41,19 @@ METRICS_FILE = "final_metrics.json"
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def run_dir(cfg: ExperimentConfig) -> str:
     """``<train.output>/<train.name>``, absolute for local paths (Ray needs absolute storage paths)."""
     base = cfg.train.output if is_uri(cfg.train.output) else os.path.abspath(cfg.train.output)
     return f"{base.rstrip('/')}/{cfg.train.name}"
 
 
-def init_ray() -> None:
-    """Join the cluster in ``RAY_ADDRESS`` or start a local Ray sized for a small machine (no-op if connected)."""
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` or start a local Ray sized for a small machine (no-op if connected).
+
+    The local Ray runs its dashboard on 127.0.0.1 only: Ray Train V2 releases a finished run's worker placement
+    group through a cleaner actor that asks the State API (served by the dashboard) whether the run's controller is
+    gone; without it every finished run (the teacher bootstrap, each Tune trial) keeps its workers' CPUs reserved.
+    """
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     if ray.is_initialized():
         return
@@ -60,9 +63,9 @@ def init_ray() -> None:
         return
     # Declare more logical CPUs than cores: Ray Data's file listing needs a free CPU besides the Train workers
     # (see README, "Ray on a small machine").
-    num_cpus = max(4, os.cpu_count() or 1)
+    num_cpus = num_cpus or max(4, os.cpu_count() or 1)
     logger.info("starting a local Ray with %d logical CPUs (set RAY_ADDRESS to join a cluster instead)", num_cpus)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
@@ -118,7 +121,7 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
         train_loop_config={
             "experiment": to_dict(cfg),
             "run_dir": directory,
-            "tensorboard_dir": None if is_uri(directory) else f"{directory}/tensorboard",
+            "tensorboard_dir": storage.join(directory, "tensorboard"),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -203,12 +206,12 @@ def prepare_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
-def _evaluate(cfg: ExperimentConfig, model_name: str, weights: str) -> dict[str, float]:
-    from dad_ray.metrics.evaluate import evaluate_checkpoint
+def _evaluate(cfg: ExperimentConfig, models: dict[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """{label: (model name, weights)} → {label: metrics}, all models in one pass over the validation split."""
+    from dad_ray.metrics.evaluate import evaluate_checkpoints
 
-    return evaluate_checkpoint(
-        model_name=model_name,
-        weights=weights,
+    return evaluate_checkpoints(
+        models,
         data=cfg.data.root,
         split=cfg.data.val_split,
         protocol=cfg.eval.protocol,
@@ -220,30 +223,56 @@ def _evaluate(cfg: ExperimentConfig, model_name: str, weights: str) -> dict[str,
     )
 
 
+def _staging_dir(directory: str) -> Path:
+    """Where the driver writes a run's own files: the run directory itself, or for a URI a local directory whose
+    files are uploaded to it (``<tmp>/dad_ray_runs/<hash of the URI>``)."""
+    if not is_uri(directory):
+        return Path(directory)
+    return Path(tempfile.gettempdir()) / "dad_ray_runs" / uuid.uuid5(uuid.NAMESPACE_URL, directory).hex
+
+
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The whole job: prepare → fit (resuming a run of the same name) → evaluate → ``final_metrics.json``."""
+    """The whole job: prepare → fit (resuming a run of the same name) → evaluate → ``final_metrics.json``.
+
+    The run directory may be local or a URI (``train.output=s3://bucket/runs``): Ray Train stores the checkpoints
+    there itself, the workers upload TensorBoard and the journal, and the driver uploads its files from a local
+    staging directory, so every node can read the weights the final evaluation uses.
+    """
     cfg = prepare_experiment(cfg)
     directory = run_dir(cfg)
-    if is_uri(directory):
-        raise NotImplementedError("final evaluation of a run stored at a URI: evaluate with jobs/evaluate.py")
-    out = Path(directory)
+    remote = is_uri(directory)
+    out = _staging_dir(directory)
+
+    def publish(name: str) -> str:
+        """The file's path in the run directory (uploaded there first when that is a URI)."""
+        if not remote:
+            return str(out / name)
+        storage.upload_file(out / name, storage.join(directory, name))
+        return storage.join(directory, name)
+
     save_config(cfg, out / "config.yaml")
-    untrained = out / "untrained_student.safetensors"
-    if not untrained.is_file():
+    publish("config.yaml")
+    untrained_name = "untrained_student.safetensors"
+    untrained = out / untrained_name
+    if not untrained.is_file() and not (
+        remote and storage.download_file(storage.join(directory, untrained_name), untrained)
+    ):
         seed_everything(cfg.train.seed * 1000)  # the same initial student rank 0 builds
         from dad_ray.train.task import build_student
 
         save_weights(build_student(cfg.model), untrained)
+    untrained_path = publish(untrained_name)
     result = fit(cfg)
-    student_file = out / "student.safetensors"
-    _copy_student(result, student_file)
+    _copy_student(result, out / "student.safetensors")
+    student_path = publish("student.safetensors")
 
-    metrics: dict[str, Any] = {}
+    models: dict[str, tuple[str, str]] = {}
     if cfg.loss.mode == "distill":
         for i, t in enumerate(cfg.model.teachers):
-            metrics["teacher" if i == 0 else f"teacher_{i}"] = _evaluate(cfg, t.name, t.weights)
-    metrics["student"] = _evaluate(cfg, cfg.model.student, str(student_file))
-    metrics["untrained_student"] = _evaluate(cfg, cfg.model.student, str(untrained))
+            models["teacher" if i == 0 else f"teacher_{i}"] = (t.name, t.weights)
+    models["student"] = (cfg.model.student, student_path)
+    models["untrained_student"] = (cfg.model.student, untrained_path)
+    metrics: dict[str, Any] = _evaluate(cfg, models)
     metrics["_info"] = {
         "protocol": cfg.eval.protocol,
         "alignment": cfg.eval.alignment,
@@ -252,6 +281,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "best_val_abs_rel": result.metrics.get("best_val_abs_rel") if result.metrics else None,
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    publish(METRICS_FILE)
     return metrics
 
 

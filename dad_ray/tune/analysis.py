@@ -78,8 +78,9 @@ def _tune_trial_dirs(exp_dir: Path) -> dict[str, Path]:
     return out
 
 
-def _trial_states(exp_dir: Path) -> dict[str, dict[str, Any]]:
-    """trial id → {status, config, error} from Tune's experiment state (ExperimentAnalysis)."""
+def _trial_states(exp_dir: Path, dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """trial id → {status, config, error} from Tune's experiment state (ExperimentAnalysis); the error is the last
+    line of ``error.txt`` in the trial's directory (``dirs``: no Ray session needed, unlike ``Trial.local_path``)."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(exp_dir))
@@ -87,8 +88,11 @@ def _trial_states(exp_dir: Path) -> dict[str, dict[str, Any]]:
     for trial in analysis.trials:
         error = ""
         if trial.status == "ERROR":
-            error_file = Path(trial.local_path or "") / "error.txt"
-            error = error_file.read_text().strip().splitlines()[-1] if error_file.is_file() else "error"
+            error_file = dirs[trial.trial_id] / "error.txt" if trial.trial_id in dirs else None
+            if error_file is not None and error_file.is_file():
+                error = error_file.read_text().strip().splitlines()[-1]
+            else:
+                error = "error (no error.txt in the trial directory)"
         out[trial.trial_id] = {"status": trial.status, "config": trial.config, "error": error}
     return out
 
@@ -98,8 +102,8 @@ def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
     space = load_experiment_space(exp_dir)
     sched = space.scheduler
     metric, sign = space.metric, (1 if space.mode == "min" else -1)
-    states = _trial_states(exp_dir)
     dirs = _tune_trial_dirs(exp_dir)
+    states = _trial_states(exp_dir, dirs)
     base = space.base_config()
     steps_per_time = base.train.val_every if sched and sched.time_attr == "val_round" else 1
     max_t = sched.max_t if sched else None

@@ -79,23 +79,11 @@ def run_trial(config: dict[str, Any], space: SearchSpace, exp_dir: str) -> None:
 
 
 def init_ray_for_tune(num_cpus: int | None = None) -> None:
-    """Join ``RAY_ADDRESS`` or start a local Ray **with its dashboard**: Ray Train V2 releases a trial's worker
-    placement group through a cleaner actor that asks the State API (served by the dashboard) whether the trial's
-    controller died; without it every finished or ASHA-stopped trial keeps its workers' CPUs and later trials time
-    out waiting for them (measured on Ray 2.60)."""
-    import ray
+    """:func:`dad_ray.train.init_ray` (local Ray with its dashboard on 127.0.0.1, or ``RAY_ADDRESS``): the
+    dashboard is what lets Ray Train V2 release the placement groups of finished and ASHA-stopped trials."""
+    from dad_ray.train import init_ray
 
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return
-    ray.init(
-        num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-    )
+    init_ray(num_cpus)
 
 
 def default_concurrency(space: SearchSpace, cfg: ExperimentConfig) -> int:

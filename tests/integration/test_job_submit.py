@@ -86,14 +86,13 @@ def test_wrong_token_is_refused(head):
     assert "auth" in (result.stdout + result.stderr).lower()
 
 
-@pytest.mark.slow
-def test_smoke_distillation_as_a_job(head, tmp_path):
+def test_smoke_distillation_as_a_job(head, tmp_path, smoke_assets):
     pytest.importorskip("dad_ray.train")
     out = tmp_path / "runs"
     entry = [
         "python", "jobs/distill.py", "--preset", "smoke", "--output", str(out), "--name", "smoke_job",
-        "--set", f"data.root={tmp_path / 'data'}",
-        "--set", f"model.teachers.0.weights={tmp_path / 'cache' / 'teacher.safetensors'}",
+        "--set", f"data.root={smoke_assets.data}",
+        "--set", f"model.teachers.0.weights={smoke_assets.teacher}",
         "--set", "data.data_cpus=0.25",
     ]  # fmt: skip
     job_id, result = submit(head, entry)

@@ -188,3 +188,21 @@ def test_every_trainable_parameter_gets_a_gradient():
     assert no_grad == []
     encoder = {k for k, _ in model.named_parameters() if k.startswith("pretrained.")}
     assert len(encoder) == len(list(model.pretrained.parameters()))
+
+
+@pytest.mark.parametrize("name", ["dav2_micro", "dav2_tiny"])
+def test_fresh_model_starts_inside_the_final_relus_active_range(name):
+    """A randomly initialised model (default init, no test tweaks) must give gradients to its head from step 0: with
+    a dead final ReLU (output 0 everywhere) the scale-invariant loss is stuck at exactly 1 and nothing ever learns."""
+    from dad_ray.losses import ssi_loss
+
+    x = torch.randn(2, 3, 56, 70, generator=torch.Generator().manual_seed(0))
+    depth = 1.0 + torch.rand(2, 56, 70, generator=torch.Generator().manual_seed(1)) * 5
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = create_model(name).train()
+        disparity = model(x)
+        assert bool((disparity > 0).all()), seed
+        ssi_loss(disparity, depth, depth > 0).backward()
+        last = model.depth_head.scratch.output_conv2[2]
+        assert last.weight.grad.abs().sum() > 0 and last.bias.grad is not None, seed
