@@ -105,8 +105,9 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
 
     ``storage_path`` defaults to ``<run dir>``; Ray's own run directory is ``<storage_path>/checkpoints``.
     """
+    cfg = with_absolute_paths(cfg)
     directory = run_dir(cfg)
-    storage = storage_path or directory
+    ray_storage = storage_path or directory
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -131,7 +132,7 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
         ),
         run_config=ray.train.RunConfig(
             name=CHECKPOINT_DIR,
-            storage_path=storage,
+            storage_path=ray_storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
@@ -194,9 +195,30 @@ def bootstrap_teachers(cfg: ExperimentConfig) -> None:
         logger.info("bootstrap: teacher cached at %s", dest)
 
 
+def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with its local paths (data, weights, output) made absolute; URIs and empty paths unchanged. Ray Train
+    workers and Tune trials run in their own working directories, so a relative path means nothing to them."""
+
+    def absolute(path: str) -> str:
+        return path if (not path or is_uri(path)) else os.path.abspath(path)
+
+    model = cfg.model
+    return replace(
+        cfg,
+        data=replace(cfg.data, root=absolute(cfg.data.root)),
+        model=replace(
+            model,
+            student_weights=absolute(model.student_weights),
+            teachers=tuple(replace(t, weights=absolute(t.weights)) for t in model.teachers),
+        ),
+        train=replace(cfg.train, output=absolute(cfg.train.output)),
+    )
+
+
 def prepare_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Validate, generate synthetic shards if configured, and bootstrap missing teachers — once, before any trial or
-    worker starts. Returns ``cfg`` (teacher paths are already in it)."""
+    """Validate, make paths absolute, generate synthetic shards if configured, and bootstrap missing teachers — once,
+    before any trial or worker starts. Returns the config to run (absolute paths; teacher files exist)."""
+    cfg = with_absolute_paths(cfg)
     validate_experiment(cfg)
     init_ray()
     if cfg.data.synthetic.train_samples > 0:

@@ -57,3 +57,15 @@ def test_cli_rejects_bad_config_before_starting_ray(args, fragment, tmp_path):
     assert proc.returncode != 0
     assert fragment in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr and "starting a local Ray" not in proc.stderr
+
+
+def test_paths_become_absolute_for_workers_and_uris_stay(tmp_path, monkeypatch):
+    """Workers run in their own directories: the default preset's relative paths must reach them absolute."""
+    from dad_ray.train.trainer import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = with_absolute_paths(build_config("default", overrides={"train.output": "s3://bucket/runs"}))
+    assert cfg.data.root == str(tmp_path / "data" / "synthetic_240x320")
+    assert cfg.model.teachers[0].weights == str(tmp_path / "runs" / ".cache" / "teacher_dav2_tiny_240x320.safetensors")
+    assert cfg.train.output == "s3://bucket/runs" and cfg.model.student_weights == ""
+    assert with_absolute_paths(cfg) == cfg
