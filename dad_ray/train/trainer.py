@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "final_metrics.json"
+LOCAL_WORKERS_PER_CPU = 3  # idle worker processes a local Ray keeps per logical CPU (see init_ray)
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
 
 
@@ -65,7 +66,16 @@ def init_ray(num_cpus: int | None = None) -> None:
     # (see README, "Ray on a small machine").
     num_cpus = num_cpus or max(4, os.cpu_count() or 1)
     logger.info("starting a local Ray with %d logical CPUs (set RAY_ADDRESS to join a cluster instead)", num_cpus)
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+        # Ray kills idle worker processes beyond `num_cpus` after a second; the Ray Data tasks of every epoch and
+        # validation would then start fresh processes that import torch again (~15 s per epoch on 2 cores,
+        # measured). Keep a few more alive.
+        _system_config={"num_workers_soft_limit": LOCAL_WORKERS_PER_CPU * num_cpus},
+    )
 
 
 def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
