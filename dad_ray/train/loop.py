@@ -214,7 +214,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 gt_disp = torch.where(gt > 0, 1.0 / gt.clamp_min(1e-6), torch.zeros_like(gt))
                 monitor.image_grid(step, last_vis["image"], [last_vis.get("teacher"), last_vis["student"], gt_disp])
             if step % cfg.train.val_every == 0 or step == cfg.optim.max_steps:
-                _validate_and_report(cfg, state, student, device, rank, monitor, save_kwargs, loss_value=parts["total"])
+                if _validate_and_report(
+                    cfg, state, student, device, rank, monitor, save_kwargs, loss_value=parts["total"]
+                ):
+                    journal.checkpoint(step)
                 monitor.sync()  # uploads when the run directory is a URI
                 journal.sync()
             _maybe_inject_failure(cfg, run_dir, step, rank)
@@ -241,7 +244,9 @@ def _gather_node_ids() -> list[str]:
     return out
 
 
-def _validate_and_report(cfg, state, student, device, rank, monitor, save_kwargs, loss_value) -> None:
+def _validate_and_report(cfg, state, student, device, rank, monitor, save_kwargs, loss_value) -> bool:
+    """Validate, report to Ray Train (with a checkpoint every ``checkpoint_every`` steps and at the end); returns
+    whether a checkpoint was reported (and committed)."""
     metrics = validate(student, cfg, device)
     state.val_round += 1
     state.best_abs_rel = min(state.best_abs_rel, metrics["abs_rel"])
@@ -268,3 +273,4 @@ def _validate_and_report(cfg, state, student, device, rank, monitor, save_kwargs
         )
     with_ckpt = state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.optim.max_steps
     _report(report, with_checkpoint=with_ckpt, rank=rank, save_kwargs=save_kwargs())
+    return with_ckpt

@@ -148,8 +148,9 @@ class Monitor:
 class Journal:
     """``<run>/progress.jsonl`` (rank 0): one JSON line per optimizer step — step, epoch, loss, wall time — and one
     ``{"attempt_start": step, "node_ids": [...]}`` line each time a worker group starts (fresh or resumed), with the
-    Ray node of every rank. A run's history of restarts and placements can be read back from it, and tests use it to
-    prove a resumed run neither repeats nor skips a step.
+    Ray node of every rank, and a ``{"checkpoint": step}`` line once a checkpoint is committed. A run's history of
+    restarts and placements can be read back from it, and tests use it to prove a resumed run neither repeats nor
+    skips a step.
 
     ``path`` may be a URI: the journal is then appended to a local copy of the existing one and uploaded at every
     :meth:`sync` (each validation) and at :meth:`close`."""
@@ -172,6 +173,11 @@ class Journal:
     def write(self, step: int, epoch: int, loss: float) -> None:
         if self._file is not None:
             self._file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "time": time.time()}) + "\n")
+
+    def checkpoint(self, step: int) -> None:
+        """Record that the checkpoint of ``step`` is committed: a restart from now on resumes at ``step``."""
+        if self._file is not None:
+            self._file.write(json.dumps({"checkpoint": step, "time": time.time()}) + "\n")
 
     def sync(self) -> None:
         if self._file is not None and self._remote is not None:

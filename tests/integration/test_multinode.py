@@ -135,7 +135,12 @@ def test_smoke_distillation_on_both_nodes_survives_losing_one(two_nodes, workdir
     thread.daemon = True
     thread.start()
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    while not list((run / CHECKPOINT_DIR).glob("checkpoint_step*")):
+
+    def committed() -> bool:  # the journal says so once Ray Train registered the checkpoint
+        journal = run / "progress.jsonl"
+        return journal.is_file() and any("checkpoint" in e for e in read_journal(journal))
+
+    while not committed():
         assert thread.is_alive(), f"the run ended before its first checkpoint: {box}"
         assert time.monotonic() < deadline, "no checkpoint written in time"
         time.sleep(0.5)
@@ -145,6 +150,7 @@ def test_smoke_distillation_on_both_nodes_survives_losing_one(two_nodes, workdir
     node_b = two_nodes.workers[1]
     two_nodes.cluster.remove_node(node_b, allow_graceful=False)
     killed_at = max(e["step"] for e in read_journal(run / "progress.jsonl") if "step" in e)
+    assert list((run / CHECKPOINT_DIR).glob("checkpoint_step*"))
 
     thread.join(TRAIN_TIMEOUT_S + 60)
     assert not thread.is_alive(), "the run hung after node B was removed"

@@ -35,11 +35,12 @@ def make_space(data: Path, teacher: Path) -> dict:
             "train.image_every": 0,
             "data.data_cpus": 0.5,
         },
-        # grid over whole override sets, in this order: good, bad lr (ASHA stops it at step 6), good, crash
+        # grid over whole override sets, in this order: good, good, bad lr (ASHA stops it at step 6), crash. The
+        # interruption comes after the first trial, so the bad trial's rung decision is made after the resume.
         "variants": [
             {"optim.lr": 3.0e-3},
-            {"optim.lr": 1.0e-6},
             {"optim.lr": 2.0e-3, "loss.normalization": "global"},
+            {"optim.lr": 1.0e-6},
             {"optim.lr": 3.0e-3, "train.fail_at_step": 3},
         ],
         "metric": "val_abs_rel",
