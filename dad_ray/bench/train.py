@@ -15,6 +15,7 @@ import logging
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,7 +87,11 @@ def _ray_worker(config: dict[str, Any]) -> None:
     cfg = from_dict(ExperimentConfig, config["experiment"])
     device = ray.train.torch.get_device()
     ips = timed_steps(cfg, device, config["steps"], config["warmup"], report=lambda i: ray.train.report({"step": i}))
-    ray.train.report({"step": config["steps"], "images_per_s": ips})
+    # Train V2 keeps in Result.metrics only what was reported together with a checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "images_per_s.txt").write_text(f"{ips}\n")
+        metrics = {"step": config["steps"], "images_per_s": ips}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def run_ray(cfg: ExperimentConfig, steps: int, warmup: int) -> tuple[float, float]:

@@ -32,6 +32,13 @@ class SmokeAssets:
     def overrides(self) -> dict[str, str]:
         return {"data.root": str(self.data), "model.teachers.0.weights": str(self.teacher)}
 
+    def config(self, output: Path, name: str, **overrides):
+        """The smoke preset on these assets, run ``name`` under ``output``, plus dotted ``overrides``."""
+        from dad_ray.config import build_config
+
+        base = {**self.overrides(), "train.output": str(output), "train.name": name}
+        return build_config("smoke", overrides={**base, **overrides})
+
 
 @pytest.fixture(scope="session")
 def smoke_assets(tmp_path_factory) -> SmokeAssets:

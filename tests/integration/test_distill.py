@@ -37,13 +37,7 @@ def workdir(tmp_path_factory):
 
 
 def smoke_config(workdir: Path, name: str, assets, **overrides):
-    base = {
-        **assets.overrides(),
-        "train.output": str(workdir / "runs"),
-        "train.name": name,
-    }
-    base.update(overrides)
-    return build_config("smoke", overrides=base)
+    return assets.config(workdir / "runs", name, **overrides)
 
 
 def steps_of(journal: list[dict]) -> list[int]:

@@ -77,18 +77,8 @@ def workdir(tmp_path_factory):
 
 
 def smoke_config(workdir: Path, name: str, assets, **overrides):
-    from dad_ray.config import build_config
-
-    base = {
-        **assets.overrides(),
-        "train.output": str(workdir / "runs"),
-        "train.name": name,
-        "train.num_workers": 2,
-        "train.cpus_per_worker": 1,
-        "data.data_cpus": 0.25,
-    }
-    base.update(overrides)
-    return build_config("smoke", overrides=base)
+    two_workers = {"train.num_workers": 2, "train.cpus_per_worker": 1, "data.data_cpus": 0.25}
+    return assets.config(workdir / "runs", name, **{**two_workers, **overrides})
 
 
 def run_bounded(fn, timeout_s: float, what: str):
