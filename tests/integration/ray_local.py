@@ -54,6 +54,18 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def ports_and_worker_range(n: int, span: int = 200) -> tuple[list[int], int]:
+    """``n`` free ports on 127.0.0.1 plus the low end ``lo`` of a worker-port range ``[lo, lo + span]`` that holds
+    none of them. Ray refuses to start when a component's port falls inside the worker range ("port number ... that
+    is used by other components"), and free ports drawn one by one from the ephemeral range land there by chance."""
+    for _ in range(100):
+        ports = free_ports(n + 1)
+        lo = ports.pop()
+        if lo + span <= 65535 and not any(lo <= p <= lo + span for p in ports):
+            return ports, lo
+    raise RuntimeError(f"no worker-port range of {span + 1} ports clear of {n} free ports after 100 draws")
+
+
 def short_temp_dir(prefix: str) -> str:
     """A private temp dir with a short path (Ray's Unix socket paths must stay under 107 characters)."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
@@ -226,8 +238,8 @@ def ray_head(num_cpus: int = 4, startup_timeout_s: float = 180) -> Iterator[RayH
     dashboard on 127.0.0.1 only, every port picked free, a private temp dir, and this virtualenv's ``bin`` first on
     PATH (a job's ``python`` resolves there). Yields once the job API answers; always stops what it started."""
     temp_dir = short_temp_dir("rh")
-    gcs, dash, client, agent_listen, agent_grpc, runtime_env, node_mgr, obj_mgr, metrics = free_ports(9)
-    worker_lo = free_ports(1)[0]
+    ports, worker_lo = ports_and_worker_range(9, span=200)
+    gcs, dash, client, agent_listen, agent_grpc, runtime_env, node_mgr, obj_mgr, metrics = ports
     token = uuid.uuid4().hex + uuid.uuid4().hex
     env = {
         **os.environ,
