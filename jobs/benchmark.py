@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     module = importlib.import_module(f"dad_ray.bench.{args.name}")
-    return module.main(rest)
+    print(module.main(rest))  # the report (Markdown) on stdout; progress went to the log
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -109,7 +108,8 @@ def _summary(results: list[tuple[float, float, int]]) -> tuple[float, float, flo
     return total_n / total_s, results[-1][2] / results[-1][1], results[0][0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark; returns the report (a Markdown table and the ratio)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, {})
     parser.add_argument("--samples", type=int, default=256, help="synthetic training scenes")
@@ -151,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp.cleanup()
     r_all, r_last, r_first = _summary(ray_res)
     t_all, t_last, t_first = _summary(torch_res)
-    out = sys.stdout
-    out.write(f"| pipeline ({args.procs} processes) | samples/s all epochs | samples/s last epoch | first batch s |\n")
-    out.write("|---|---|---|---|\n")
-    out.write(f"| Ray Data | {r_all:.1f} | {r_last:.1f} | {r_first:.2f} |\n")
-    out.write(f"| torch DataLoader | {t_all:.1f} | {t_last:.1f} | {t_first:.2f} |\n")
-    out.write(
-        f"ratio Ray / DataLoader = {r_all / t_all:.2f} all epochs, {r_last / t_last:.2f} last epoch (goal >= 1.0)\n"
+    return "\n".join(
+        [
+            f"| pipeline ({args.procs} processes) | samples/s all epochs | samples/s last epoch | first batch s |",
+            "|---|---|---|---|",
+            f"| Ray Data | {r_all:.1f} | {r_last:.1f} | {r_first:.2f} |",
+            f"| torch DataLoader | {t_all:.1f} | {t_last:.1f} | {t_first:.2f} |",
+            f"ratio Ray / DataLoader = {r_all / t_all:.2f} all epochs, {r_last / t_last:.2f} last epoch (goal >= 1.0)",
+        ]
     )
-    return 0

@@ -65,7 +65,8 @@ def _time(fn, student: torch.Tensor, repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark; returns the report (a Markdown table and the ratio)."""
     parser = argparse.ArgumentParser(
         prog="benchmark.py losses", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -91,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("L_Dis (%s) = %.6f on both sides; torch %d threads", norm, vec.item(), torch.get_num_threads())
     v_med, v_min = _time(lambda: dis_loss(student, teacher, mask, norm), student, args.repeats)
     l_med, l_min = _time(lambda: loop_dis_loss(student, teacher, mask, norm), student, args.repeats)
-    print(f"| {norm} L_Dis fwd+bwd, B={args.batch}, {args.size}x{args.size}, CPU | median ms | min ms |")
-    print("|---|---|---|")
-    print(f"| vectorised | {1e3 * v_med:.1f} | {1e3 * v_min:.1f} |")
-    print(f"| per-image/per-context loop | {1e3 * l_med:.1f} | {1e3 * l_min:.1f} |")
-    print(f"ratio loop / vectorised = {l_med / v_med:.1f}x (median), {l_min / v_min:.1f}x (min); goal >= 20x")
-    return 0
+    return "\n".join(
+        [
+            f"| {norm} L_Dis fwd+bwd, B={args.batch}, {args.size}x{args.size}, CPU | median ms | min ms |",
+            "|---|---|---|",
+            f"| vectorised | {1e3 * v_med:.1f} | {1e3 * v_min:.1f} |",
+            f"| per-image/per-context loop | {1e3 * l_med:.1f} | {1e3 * l_min:.1f} |",
+            f"ratio loop / vectorised = {l_med / v_med:.1f}x (median), {l_min / v_min:.1f}x (min); goal >= 20x",
+        ]
+    )

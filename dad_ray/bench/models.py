@@ -88,7 +88,8 @@ def markdown_table(rows: list[dict[str, float | str]], size: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark; returns the report (a Markdown table)."""
     parser = argparse.ArgumentParser(
         prog="benchmark.py models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -105,5 +106,4 @@ def main(argv: list[str] | None = None) -> int:
         "torch %s, %d CPU threads, CUDA %s", torch.__version__, torch.get_num_threads(), torch.cuda.is_available()
     )
     rows = [benchmark(m, args.size, args.repeats, args.gpu_repeats, cpu=not args.no_cpu) for m in args.models]
-    print(markdown_table(rows, args.size))
-    return 0
+    return markdown_table(rows, args.size)

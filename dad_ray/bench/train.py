@@ -120,7 +120,8 @@ def run_ray(cfg: ExperimentConfig, steps: int, warmup: int) -> tuple[float, floa
     return result.metrics["images_per_s"], time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark; returns the report (a Markdown table and the ratio)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
@@ -140,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         plain = timed_steps(cfg, device, args.steps, args.warmup)
         ray_ips, ray_wall = run_ray(cfg, args.steps, args.warmup)
     ratio = ray_ips / plain
-    print(
-        f"| loop | images/s ({cfg.model.student} student, {cfg.model.teachers[0].name} teacher, "
-        f"batch {cfg.data.batch_size}, crop {cfg.data.crop_size}, {device.type}) |"
+    return "\n".join(
+        [
+            f"| loop | images/s ({cfg.model.student} student, {cfg.model.teachers[0].name} teacher, "
+            f"batch {cfg.data.batch_size}, crop {cfg.data.crop_size}, {device.type}) |",
+            "|---|---|",
+            f"| plain PyTorch | {plain:.2f} |",
+            f"| Ray Train (1 worker) | {ray_ips:.2f} |",
+            f"ratio Ray / plain = {ratio:.3f} (goal >= 0.97); Ray wall time incl. start-up {ray_wall:.1f} s",
+        ]
     )
-    print("|---|---|")
-    print(f"| plain PyTorch | {plain:.2f} |")
-    print(f"| Ray Train (1 worker) | {ray_ips:.2f} |")
-    print(f"ratio Ray / plain = {ratio:.3f} (goal >= 0.97); Ray wall time incl. start-up {ray_wall:.1f} s")
-    return 0

@@ -61,7 +61,8 @@ def ablation_table(report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark; returns the report (Markdown sections; each is also logged when it is ready)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="default", help="search space for ASHA vs full (default: default)")
     parser.add_argument("--ablation-space", default="ablation")
@@ -76,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     from dad_ray.tune.space import parse_space, resolve_space_path
 
     init_ray_for_tune()
+    sections = []
     if not args.skip_compare:
         path = resolve_space_path(args.space)
         asha_space = parse_space(yaml.safe_load(path.read_text()), path=str(path))
         full_space = replace(asha_space, scheduler=None)
         asha, asha_s = _run(asha_space, args.output, f"{asha_space.name}_asha")
         full, full_s = _run(full_space, args.output, f"{asha_space.name}_full")
-        print(f"## ASHA vs full search ({path.name}, {asha_space.total_trials()} trials, seed {asha_space.seed})")
-        print(compare_table(asha, full, asha_s, full_s))
+        title = f"## ASHA vs full search ({path.name}, {asha_space.total_trials()} trials, seed {asha_space.seed})"
+        sections.append(f"{title}\n{compare_table(asha, full, asha_s, full_s)}")
+        logger.info("%s", sections[-1])
     if not args.skip_ablation:
         path = resolve_space_path(args.ablation_space)
         data = yaml.safe_load(path.read_text())
@@ -91,6 +94,6 @@ def main(argv: list[str] | None = None) -> int:
             data["overrides"] = {**(data.get("overrides") or {}), **dict(map(parse_override, args.ablation_set))}
         space = parse_space(data, path=str(path))
         report, seconds = _run(space, args.output, space.name)
-        print(f"## Ablation ({path.name}, {seconds:.0f} s)")
-        print(ablation_table(report))
-    return 0
+        sections.append(f"## Ablation ({path.name}, {seconds:.0f} s)\n{ablation_table(report)}")
+        logger.info("%s", sections[-1])
+    return "\n\n".join(sections)
