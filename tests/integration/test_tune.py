@@ -1,8 +1,13 @@
 """jobs/tune.py end to end on CPU: 4 trials of the smoke preset with ASHA, one failing, interrupted and resumed.
 
 One experiment for the whole module (about 3 minutes on 2 cores): ``jobs/tune.py`` runs in a subprocess with its
-own local Ray and is interrupted (SIGINT) once the first trial has finished; ``resume_search`` (what
-``jobs/tune.py --resume`` calls) finishes it on this process's Ray. Every test reads that experiment.
+own local Ray and is interrupted (SIGINT) once the first two trials have ended (the third has started);
+``resume_search`` (what ``jobs/tune.py --resume`` calls) finishes it on this process's Ray. Every test reads that
+experiment.
+
+ASHA's rung records live in the scheduler, which ``Tuner.restore`` does not bring back: a rung decision after the
+resume only sees results reported after it. So the trial ASHA must stop (lr 1e-6, worse at the rung than the first
+trial) runs before the interruption, in the same process as the trial it is compared with.
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ def make_space(data: Path, teacher: Path) -> dict:
             "train.image_every": 0,
             "data.data_cpus": 0.5,
         },
-        # grid over whole override sets, in this order: good, good, bad lr (ASHA stops it at step 6), crash. The
-        # interruption comes after the first trial, so the bad trial's rung decision is made after the resume.
+        # grid over whole override sets, run one at a time in this order: good, bad lr (ASHA stops it at step 6:
+        # worse than the good one there), good, crash. The interruption comes once the third has started.
         "variants": [
             {"optim.lr": 3.0e-3},
-            {"optim.lr": 2.0e-3, "loss.normalization": "global"},
             {"optim.lr": 1.0e-6},
+            {"optim.lr": 2.0e-3, "loss.normalization": "global"},
             {"optim.lr": 3.0e-3, "train.fail_at_step": 3},
         ],
         "metric": "val_abs_rel",
@@ -52,13 +57,17 @@ def make_space(data: Path, teacher: Path) -> dict:
     }
 
 
-def finished_trial_dirs(exp_dir: Path) -> list[Path]:
-    out = []
-    for result in exp_dir.glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip().endswith("}")]
-        if any(r.get("step") == MAX_T for r in rows):
-            out.append(result.parent)
-    return out
+def trial_dirs(exp_dir: Path) -> list[Path]:
+    """Tune's trial directories, in trial order (created when a trial starts)."""
+    return sorted((p for p in exp_dir.glob("run_trial_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[3]))
+
+
+def reported_steps(trial_dir: Path) -> list[int]:
+    result = trial_dir / "result.json"
+    if not result.is_file():
+        return []
+    rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip().endswith("}")]
+    return [r["step"] for r in rows if "step" in r]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +78,8 @@ def experiment(tmp_path_factory, smoke_assets):
     out = workdir / "out"
     exp_dir = out / "tune_test"
 
-    # phase 1: jobs/tune.py, interrupted with SIGINT after the first trial reached max_t
+    # phase 1: jobs/tune.py, interrupted with SIGINT once the third trial has started (one trial at a time: the
+    # first two have ended)
     log = open(workdir / "phase1.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "tune.py"), "--space", str(space_file), "--output", str(out)],
@@ -80,11 +90,13 @@ def experiment(tmp_path_factory, smoke_assets):
         env={**os.environ, "RAY_ADDRESS": ""},
     )
     deadline = time.monotonic() + 400
-    while not finished_trial_dirs(exp_dir) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(1)
+    while len(trial_dirs(exp_dir)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert proc.poll() is None, f"jobs/tune.py ended before the interruption: {(workdir / 'phase1.log').read_text()}"
-    first = finished_trial_dirs(exp_dir)
-    assert first, "no trial finished in time"
+    first = trial_dirs(exp_dir)[:2]
+    assert len(first) == 2, f"the third trial did not start in time: {(workdir / 'phase1.log').read_text()}"
+    steps = [reported_steps(p) for p in first]
+    assert steps == [[6, MAX_T], [6]], f"expected the good trial to finish and ASHA to stop the bad one: {steps}"
     snapshot = {p.name: (p / "result.json").read_text() for p in first}
     os.killpg(proc.pid, signal.SIGINT)
     try:
