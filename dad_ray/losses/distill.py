@@ -54,7 +54,7 @@ def dis_loss_per_image(
         levels = levels_of(normalization)
         ids = context_ids(teacher.reshape(b, -1), m, levels)  # (B, L, P)
         ns = normalize_contexts(student.reshape(b, -1), m, ids, levels)  # (B, L, P)
-        nt = normalize_contexts(teacher.reshape(b, -1), m, ids, levels, grouped=True)
+        nt = normalize_contexts(teacher.reshape(b, -1), m, ids, levels)
         per_pixel = (ns - nt).abs().mean(1)  # every valid pixel is in exactly one context per level
     values = (per_pixel * m).sum(-1) / n_valid.clamp_min(1)
     return values, n_valid > 0

@@ -13,17 +13,18 @@ from dad_ray.losses.normalize import LEVELS, MAD_EPS
 NORMS = ("global", "hybrid", "local", "none")
 
 
-def loop_dis_loss_per_image(student, teacher, mask, normalization):
-    """Slow reference: per image, per level, per context, with torch.median (lower median) on the selected pixels."""
+def loop_dis_loss_per_image_autograd(student, teacher, mask, normalization):
+    """Slow reference: per image, per level, per context, with torch.median (lower median) on the selected pixels.
+    Returns (values (B,) float32 in the student's graph, valid (B,) bool)."""
     values, valid = [], []
     for s_img, t_img, m_img in zip(student.float(), teacher.float(), mask):
         if not m_img.any():
-            values.append(0.0)
+            values.append(s_img.sum() * 0.0)
             valid.append(False)
             continue
         s, t = s_img[m_img], t_img[m_img]
         if normalization == "none":
-            values.append((s - t).abs().mean().item())
+            values.append((s - t).abs().mean())
             valid.append(True)
             continue
         levels = LEVELS[normalization]
@@ -41,10 +42,16 @@ def loop_dis_loss_per_image(student, teacher, mask, normalization):
                     med = torch.median(x)
                     mad = (x - med).abs().mean()
                     normed.append((x - med) / torch.clamp(mad, min=MAD_EPS))
-                acc[sel] += (normed[0] - normed[1]).abs()
-        values.append((acc / len(levels)).mean().item())
+                acc = acc.index_put((sel.nonzero(as_tuple=True)[0],), (normed[0] - normed[1]).abs(), accumulate=True)
+        values.append((acc / len(levels)).mean())
         valid.append(True)
-    return torch.tensor(values), torch.tensor(valid)
+    return torch.stack(values), torch.tensor(valid)
+
+
+def loop_dis_loss_per_image(student, teacher, mask, normalization):
+    """:func:`loop_dis_loss_per_image_autograd`'s values, detached."""
+    values, valid = loop_dis_loss_per_image_autograd(student.detach(), teacher, mask, normalization)
+    return values.detach(), valid
 
 
 def _rand(b=3, h=9, w=11, seed=0):
@@ -124,6 +131,56 @@ def test_matches_loop_reference_with_ties(normalization):
     m = torch.rand(2, 7, 7, generator=g) > 0.1
     values, _ = dis_loss_per_image(s, t, m, normalization)
     torch.testing.assert_close(values, loop_dis_loss_per_image(s, t, m, normalization)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_medians_of_unions_of_runs_by_hand():
+    # values chosen so that every level's lower median differs from the medians of its halves; negative values,
+    # -0.0 and +0.0 exercise the order-preserving key
+    ref = torch.arange(8.0).view(1, 8)  # finest (S=4) runs {0,1} {2,3} {4,5} {6,7}; S=2 {0..3} {4..7}
+    x = torch.tensor([[5.0, -3.0, 0.0, -0.0, 9.0, -7.5, 2.0, 1.0]])
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    ids = context_ids(ref, mask, (1, 2, 4))
+    med, counts = context_medians(x, mask, ids, (1, 2, 4))
+    # S=1: sorted [-7.5, -3, -0, 0, 1, 2, 5, 9] → rank 3 = 0; S=2: [-3, -0, 0, 5] → -0 / 0, [-7.5, 1, 2, 9] → 1;
+    # S=4: [-3, 5] → -3, [-0, 0] → 0, [-7.5, 9] → -7.5, [1, 2] → 1
+    assert med[0].tolist() == [0.0, 0.0, 1.0, -3.0, 0.0, -7.5, 1.0]
+    assert counts[0].tolist() == [8, 4, 4, 2, 2, 2, 2]
+    for level, n_seg in enumerate((1, 2, 4)):
+        for j in range(n_seg):
+            sel = ids[0, level] == sum((1, 2, 4)[:level]) + j
+            assert med[0, sum((1, 2, 4)[:level]) + j] == torch.median(x[0][sel])
+
+
+def test_medians_match_torch_median_on_random_maps_with_ties_and_holes():
+    g = torch.Generator().manual_seed(5)
+    ref = torch.rand(4, 300, generator=g)
+    x = torch.randint(-20, 20, (4, 300), generator=g).float() / 4  # many ties
+    mask = torch.rand(4, 300, generator=g) > 0.3
+    mask[3] = False
+    levels = (1, 2, 4)
+    ids = context_ids(ref, mask, levels)
+    med, counts = context_medians(x, mask, ids, levels)
+    for b in range(4):
+        for c in range(sum(levels)):
+            sel = (ids[b] == c).any(0)
+            assert counts[b, c] == sel.sum()
+            expected = torch.median(x[b][sel]) if sel.any() else torch.tensor(0.0)
+            assert med[b, c] == expected, (b, c)
+
+
+def test_levels_must_be_nested():
+    with pytest.raises(ValueError, match="not nested"):
+        context_ids(torch.rand(1, 10), torch.ones(1, 10, dtype=torch.bool), (1, 3, 4))
+
+
+@pytest.mark.parametrize("normalization", ("global", "hybrid", "local"))
+def test_gradient_matches_loop_reference(normalization):
+    s, t, m = _rand(seed=4)
+    s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    dis_loss(s1, t, m, normalization).backward()
+    values, valid = loop_dis_loss_per_image_autograd(s2, t, m, normalization)
+    values[valid].mean().backward()
+    torch.testing.assert_close(s1.grad, s2.grad, atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("normalization", ("global", "hybrid", "local"))
