@@ -67,6 +67,7 @@ def context_ids(reference: torch.Tensor, mask: torch.Tensor, levels: tuple[int, 
     hi = ref.masked_fill(~mask, -big).amax(-1, keepdim=True)
     span = hi - lo
     u = torch.where(span > 0, (ref - lo) / span.clamp_min(torch.finfo(ref.dtype).tiny), torch.zeros_like(ref))
+    u = u.masked_fill(~mask, 0.0)  # invalid pixels may hold anything (NaN, inf): keep the integer cast defined
     seg = (u * finest).floor_().clamp_(0, finest - 1).long()  # (B, P) finest segment
     group = torch.tensor([finest // n for n in levels], device=ref.device).view(1, -1, 1)  # (1, L, 1)
     offsets = torch.tensor([sum(levels[:i]) for i in range(len(levels))], device=ref.device).view(1, -1, 1)
