@@ -81,11 +81,9 @@ def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits + 2**31, -bits - 1)
 
 
-def context_medians(
-    x: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, levels: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower median and size of every context: x (B, P) float32, mask (B, P), ids (B, L, P) from
-    :func:`context_ids` → (B, K) float32, (B, K) int64. Empty contexts get median 0.
+def context_medians(x: torch.Tensor, ids: torch.Tensor, levels: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower median and size of every context: x (B, P) float32, ids (B, L, P) from :func:`context_ids` (invalid
+    pixels have id K and belong to no context) → (B, K) float32, (B, K) int64. Empty contexts get median 0.
 
     The median is gathered from ``x`` (its gradient flows to that element); the search runs on detached values.
     """
@@ -105,7 +103,7 @@ def context_medians(
         if g == 1:
             pos = run_start + rank
         else:
-            pos = _union_select(keys, run_start.view(b, n_seg, g), run_counts.view(b, n_seg, g), rank + 1, g)
+            pos = _union_select(keys, run_start.view(b, n_seg, g), run_counts.view(b, n_seg, g), rank + 1)
         positions.append(pos)
         counts.append(cnt)
     pos = torch.cat(positions, 1).clamp_(max=p - 1)  # (B, K) sorted positions of the medians
@@ -114,16 +112,14 @@ def context_medians(
     return torch.where(counts_k > 0, median, torch.zeros_like(median)), counts_k
 
 
-def _union_select(
-    keys: torch.Tensor, start: torch.Tensor, count: torch.Tensor, need: torch.Tensor, g: int
-) -> torch.Tensor:
+def _union_select(keys: torch.Tensor, start: torch.Tensor, count: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
     """Sorted position of the ``need``-th smallest element (1-based) of each union of g runs.
 
     keys (B, P) sorted composite keys (run << 32 | value bits); start, count (B, S, g) of the runs of each of the S
     contexts; need (B, S) ≥ 1 where the context is not empty → (B, S) positions into ``keys``. Binary search for the
     smallest value key v with #{elements ≤ v} ≥ need (32 steps over the 32-bit keys), then the first run holding v.
     """
-    b, n_seg, _ = start.shape
+    b, n_seg, g = start.shape
     run_base = torch.arange(n_seg * g, device=keys.device).view(1, n_seg, g) << 32  # (1, S, g)
     lo = torch.zeros(b, n_seg, dtype=torch.long, device=keys.device)
     hi = torch.full_like(lo, 2**32 - 1)
@@ -146,7 +142,7 @@ def normalize_contexts(x: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, l
     (B, L, P) float32. Invalid pixels are 0.
     """
     x = torch.where(mask, x.float(), torch.zeros((), device=x.device))  # garbage in masked pixels never leaks
-    median, counts = context_medians(x, mask, ids, levels)  # (B, K)
+    median, counts = context_medians(x, ids, levels)  # (B, K)
     b, lvl, p = ids.shape
     k = median.shape[1]
     flat_ids = ids.flatten(1)

@@ -12,7 +12,6 @@ trial) runs before the interruption, in the same process as the trial it is comp
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -63,11 +62,9 @@ def trial_dirs(exp_dir: Path) -> list[Path]:
 
 
 def reported_steps(trial_dir: Path) -> list[int]:
-    result = trial_dir / "result.json"
-    if not result.is_file():
-        return []
-    rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip().endswith("}")]
-    return [r["step"] for r in rows if "step" in r]
+    from dad_ray.tune.analysis import _read_results
+
+    return [r["step"] for r in _read_results(trial_dir) if "step" in r]
 
 
 @pytest.fixture(scope="module")

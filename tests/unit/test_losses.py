@@ -66,7 +66,7 @@ def test_lower_median_convention():
     x = torch.tensor([[4.0, 1.0, 3.0, 2.0], [5.0, 7.0, 6.0, 0.0]])
     mask = torch.tensor([[True] * 4, [True, True, True, False]])
     ids = context_ids(x, mask, (1,))
-    med, counts = context_medians(x, mask, ids, (1,))
+    med, counts = context_medians(x, ids, (1,))
     assert med[:, 0].tolist() == [2.0, 6.0]  # lower median of [1, 2, 3, 4] is 2; [5, 6, 7] → 6
     assert counts[:, 0].tolist() == [4, 3]
     assert med[0, 0] == torch.median(x[0])
@@ -140,7 +140,7 @@ def test_medians_of_unions_of_runs_by_hand():
     x = torch.tensor([[5.0, -3.0, 0.0, -0.0, 9.0, -7.5, 2.0, 1.0]])
     mask = torch.ones(1, 8, dtype=torch.bool)
     ids = context_ids(ref, mask, (1, 2, 4))
-    med, counts = context_medians(x, mask, ids, (1, 2, 4))
+    med, counts = context_medians(x, ids, (1, 2, 4))
     # S=1: sorted [-7.5, -3, -0, 0, 1, 2, 5, 9] → rank 3 = 0; S=2: [-3, -0, 0, 5] → -0 / 0, [-7.5, 1, 2, 9] → 1;
     # S=4: [-3, 5] → -3, [-0, 0] → 0, [-7.5, 9] → -7.5, [1, 2] → 1
     assert med[0].tolist() == [0.0, 0.0, 1.0, -3.0, 0.0, -7.5, 1.0]
@@ -159,7 +159,7 @@ def test_medians_match_torch_median_on_random_maps_with_ties_and_holes():
     mask[3] = False
     levels = (1, 2, 4)
     ids = context_ids(ref, mask, levels)
-    med, counts = context_medians(x, mask, ids, levels)
+    med, counts = context_medians(x, ids, levels)
     for b in range(4):
         for c in range(sum(levels)):
             sel = (ids[b] == c).any(0)
