@@ -123,11 +123,15 @@ def load_cluster_config(path: str | os.PathLike) -> dict[str, Any]:
 def validate_with_ray(config: dict[str, Any], source: str = "cluster config") -> dict[str, Any]:
     """Run Ray's own offline checks (``prepare_config`` then ``validate_config``) and return the prepared config.
 
-    These are private Ray APIs (``ray.autoscaler._private.util``); pyproject.toml pins ray 2.60.x for that reason.
-    Nothing here contacts a cloud provider.
+    These are private Ray APIs, reached through :func:`dad_ray.runtime.private_api` (pyproject.toml pins ray 2.60.x
+    for that reason). Nothing here contacts a cloud provider.
     """
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from dad_ray.runtime import private_api
+
+    prepare_config = private_api("prepare_cluster_config")
+    validate_config = private_api("validate_cluster_config")
 
     try:
         prepared = prepare_config(config)

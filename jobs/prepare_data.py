@@ -14,7 +14,6 @@ the manifest. For the .mat, --split train|test is the official 795/654 split and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from dad_ray.logging_utils import setup_logging
@@ -34,34 +33,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MB")
     parser.add_argument("--overwrite", action="store_true", help="replace shards made from another source")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray Data task")
-    parser.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else start a local Ray)")
     args = parser.parse_args(argv)
     setup_logging()
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    import ray
-
     from dad_ray.data import DataError, prepare_shards
+    from dad_ray.runtime import ray_session
 
-    ray.init(address=args.address, include_dashboard=False, configure_logging=False)
     try:
-        manifest = prepare_shards(
-            args.source,
-            args.out,
-            args.split,
-            skip_bad=args.skip_bad,
-            filenames=args.filenames,
-            height=args.height,
-            width=args.width,
-            seed=args.seed,
-            image_format=args.image_format,
-            shard_bytes=int(args.shard_mb * 2**20),
-            overwrite=args.overwrite,
-            num_cpus=args.num_cpus,
-        )
+        with ray_session(address=args.address):
+            manifest = prepare_shards(
+                args.source,
+                args.out,
+                args.split,
+                skip_bad=args.skip_bad,
+                filenames=args.filenames,
+                height=args.height,
+                width=args.width,
+                seed=args.seed,
+                image_format=args.image_format,
+                shard_bytes=int(args.shard_mb * 2**20),
+                overwrite=args.overwrite,
+                num_cpus=args.num_cpus,
+            )
     except DataError as err:
         parser.exit(2, f"prepare_data: error: {err}\n")
-    finally:
-        ray.shutdown()
     sys.stdout.write(
         f"{manifest['num_samples']} samples in {len(manifest['shards'])} shards, {len(manifest['skipped'])} skipped\n"
     )

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
+    from dad_ray.runtime import init_ray
     from dad_ray.tune import driver
     from dad_ray.tune.analysis import analyze, format_table
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             space = parse_space(data, path=str(path), name=args.name)
         except (ConfigError, yaml.YAMLError) as err:
             parser.error(str(err))
-        driver.init_ray_for_tune()
+        init_ray()
         results = driver.run_search(
             space, args.output, name=args.name, max_concurrent_trials=args.max_concurrent_trials
         )

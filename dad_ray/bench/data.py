@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -118,18 +117,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--root", default=None, help="where the shards go (default: a temporary directory)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="default")
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    import ray
-
     from dad_ray.data import ensure_synthetic
     from dad_ray.data.shards import shard_files
+    from dad_ray.runtime import ray_session
 
     tmp = tempfile.TemporaryDirectory(prefix="dad_ray_bench_data_") if args.root is None else None
     root = args.root or tmp.name
     synthetic = replace(cfg.data.synthetic, train_samples=args.samples, val_samples=1)
     data = replace(cfg.data, root=root, synthetic=synthetic, data_cpus=1.0)
-    ray.init(num_cpus=args.procs + 1, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(args.procs + 1, dashboard=False, log_to_driver=False):
         ensure_synthetic(root, synthetic, splits=(data.train_split, data.val_split))
         manifest, files, _fs = shard_files(root, data.train_split)
         counts = [s["num_rows"] for s in manifest["shards"]]
@@ -144,8 +140,6 @@ def main(argv: list[str] | None = None) -> str:
             args.epochs,
         )
         ray_res = run_ray(data, args.epochs)
-    finally:
-        ray.shutdown()
     torch_res = run_dataloader(data, files, counts, args.procs, args.epochs)
     if tmp is not None:
         tmp.cleanup()

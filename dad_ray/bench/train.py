@@ -99,7 +99,7 @@ def run_ray(cfg: ExperimentConfig, steps: int, warmup: int) -> tuple[float, floa
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from dad_ray.train import init_ray
+    from dad_ray.runtime import init_ray
 
     init_ray()
     start = time.perf_counter()

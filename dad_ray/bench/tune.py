@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     from dad_ray.config.loader import parse_override
-    from dad_ray.tune.driver import init_ray_for_tune
+    from dad_ray.runtime import init_ray
     from dad_ray.tune.space import parse_space, resolve_space_path
 
-    init_ray_for_tune()
+    init_ray()
     sections = []
     if not args.skip_compare:
         path = resolve_space_path(args.space)

@@ -27,6 +27,7 @@ import numpy as np
 from dad_ray.data.augment import IMAGE_COLUMNS, AugmentSpec, augment_sample, eval_image, normalize_uint8, sample_rng
 from dad_ray.data.codec import decode_depth, decode_image
 from dad_ray.data.shards import read_row_group, row_groups, shard_files
+from dad_ray.runtime import data_execution_index, relax_data_reservations
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def configure_data_context(cfg) -> None:
     ctx.execution_options.verbose_progress = False
     ctx.enable_operator_progress_bars = False
     ctx.enable_progress_bars = False
-    ctx.op_resource_reservation_enabled = False
+    relax_data_reservations(ctx)
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=_cpu_limit(cfg))
 
 
@@ -92,13 +93,6 @@ def ingest_options(cfg):
     )
 
 
-def _epoch_index() -> int:
-    """The current execution index of the dataset in this task (0, 1, 2, ... one per full iteration)."""
-    from ray.data import DataContext
-
-    return int(DataContext.get_current()._execution_idx)
-
-
 def _train_units(
     batch: dict[str, np.ndarray], spec: AugmentSpec, seed: int, fs: Any
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -106,7 +100,7 @@ def _train_units(
     import torch
 
     torch.set_num_threads(1)  # one process per task slot; intra-op threads only oversubscribe the cores
-    epoch = _epoch_index()
+    epoch = data_execution_index()  # the dataset's execution index: 0, 1, 2, ... one per full iteration
     for path, group in zip(batch["path"], batch["row_group"]):
         rows = read_row_group(fs, str(path), int(group))
         for start in range(0, len(rows["key"]), MAP_BATCH):
@@ -159,7 +153,7 @@ def train_dataset(cfg, split: str | None = None, *, seed: int = 0):
         batch_format="numpy",
     )
     ds.context.execution_options.preserve_order = True
-    ds.context.op_resource_reservation_enabled = False  # kept by Ray Train, which only replaces execution_options
+    relax_data_reservations(ds.context)  # kept by Ray Train, which only replaces execution_options
     return ds
 
 

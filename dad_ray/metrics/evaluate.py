@@ -157,10 +157,9 @@ def evaluate_checkpoints(
             raise FileNotFoundError(f"checkpoint {weights} does not exist")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not ray.is_initialized():
-        from dad_ray.train import init_ray
+    from dad_ray.runtime import init_ray
 
-        init_ray()
+    init_ray()
     manifest, _files, _fs = shard_files(data, split)
     total = manifest["num_samples"] if max_samples <= 0 else min(max_samples, manifest["num_samples"])
     # = read_shards(data, split), with the encoded rows re-blocked (streaming) into batch-sized blocks before

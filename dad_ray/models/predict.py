@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dad_ray.models.inference import DepthPredictor, resolve_device
+from dad_ray.runtime import init_ray
 from dad_ray.viz import colorize
 
 logger = logging.getLogger(__name__)
@@ -222,19 +223,12 @@ def run_predict(inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "au
             raise ValueError(f"a shard directory must be the only input, got {list(inputs)}")
         if ray_mode == "off":
             raise ValueError(f"{shards[0]} is a shard directory: it is read with Ray Data (drop --ray off)")
-        _ensure_ray()
+        init_ray()
         return predict_shards(shards[0], opts)
     files, root = collect_images(inputs)
     use_ray = ray_mode == "on" or (ray_mode == "auto" and len(files) > ray_threshold)
     logger.info("%d image(s) under %s → %s (%s)", len(files), root, opts.out, "Ray Data" if use_ray else "local")
     if use_ray:
-        _ensure_ray()
+        init_ray()
         return predict_images_ray(files, root, opts)
     return predict_local(files, root, opts)
-
-
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))

@@ -12,7 +12,6 @@ __all__ = [
     "build_trainer",
     "fit",
     "format_metrics_table",
-    "init_ray",
     "prepare_experiment",
     "run_dir",
     "run_experiment",

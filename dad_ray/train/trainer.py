@@ -31,6 +31,7 @@ from dad_ray.config import ConfigError, ExperimentConfig, save_config, to_dict
 from dad_ray.data import ensure_synthetic, eval_dataset, ingest_options, storage, train_dataset
 from dad_ray.data.storage import is_uri
 from dad_ray.models import list_models, save_weights
+from dad_ray.runtime import init_ray
 from dad_ray.train.checkpoint import STUDENT_FILE
 from dad_ray.train.loop import seed_everything, train_loop_per_worker
 
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "final_metrics.json"
-LOCAL_WORKERS_PER_CPU = 3  # idle worker processes a local Ray keeps per logical CPU (see init_ray)
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
 
 
@@ -46,36 +46,6 @@ def run_dir(cfg: ExperimentConfig) -> str:
     """``<train.output>/<train.name>``, absolute for local paths (Ray needs absolute storage paths)."""
     base = cfg.train.output if is_uri(cfg.train.output) else os.path.abspath(cfg.train.output)
     return f"{base.rstrip('/')}/{cfg.train.name}"
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in ``RAY_ADDRESS`` or start a local Ray sized for a small machine (no-op if connected).
-
-    The local Ray runs its dashboard on 127.0.0.1 only: Ray Train V2 releases a finished run's worker placement
-    group through a cleaner actor that asks the State API (served by the dashboard) whether the run's controller is
-    gone; without it every finished run (the teacher bootstrap, each Tune trial) keeps its workers' CPUs reserved.
-    """
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        logger.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return
-    # Declare more logical CPUs than cores: Ray Data's file listing needs a free CPU besides the Train workers
-    # (see README, "Ray on a small machine").
-    num_cpus = num_cpus or max(4, os.cpu_count() or 1)
-    logger.info("starting a local Ray with %d logical CPUs (set RAY_ADDRESS to join a cluster instead)", num_cpus)
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=True,
-        # Ray kills idle worker processes beyond `num_cpus` after a second; the Ray Data tasks of every epoch and
-        # validation would then start fresh processes that import torch again (~15 s per epoch on 2 cores,
-        # measured). Keep a few more alive.
-        _system_config={"num_workers_soft_limit": LOCAL_WORKERS_PER_CPU * num_cpus},
-    )
 
 
 def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:

@@ -20,6 +20,7 @@ import yaml
 from ray import tune
 
 from dad_ray.config import ExperimentConfig, get_dotted, save_config, to_dict
+from dad_ray.runtime import init_ray
 from dad_ray.tune.hparams import HParamsCallback
 from dad_ray.tune.space import SearchSpace, parse_space
 
@@ -76,14 +77,6 @@ def run_trial(config: dict[str, Any], space: SearchSpace, exp_dir: str) -> None:
     result = build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
         raise RuntimeError(f"trial {trial_id}: training failed: {result.error}") from result.error
-
-
-def init_ray_for_tune(num_cpus: int | None = None) -> None:
-    """:func:`dad_ray.train.init_ray` (local Ray with its dashboard on 127.0.0.1, or ``RAY_ADDRESS``): the
-    dashboard is what lets Ray Train V2 release the placement groups of finished and ASHA-stopped trials."""
-    from dad_ray.train import init_ray
-
-    init_ray(num_cpus)
 
 
 def default_concurrency(space: SearchSpace, cfg: ExperimentConfig) -> int:
@@ -214,7 +207,7 @@ def resume_search(exp_dir: str | os.PathLike, *, restart_errored: bool = False) 
         raise FileNotFoundError(f"{exp_dir}: no Tune experiment state to resume from")
     space = load_experiment_space(exp_dir)
     cfg = space.base_config()
-    init_ray_for_tune()
+    init_ray()
     tuner = tune.Tuner.restore(
         str(exp_dir),
         trainable=_trainable(space, exp_dir, cfg),

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from dad_ray import runtime
 from dad_ray.config.schema import DataConfig, SyntheticConfig
 from dad_ray.data import (
     DataError,
@@ -32,10 +33,8 @@ H, W = 24, 32
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with runtime.ray_session(4, dashboard=False, log_to_driver=False):
+        yield
 
 
 def rows_by_key(path: str, split: str | None = None) -> dict[str, dict]:

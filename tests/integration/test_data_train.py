@@ -5,11 +5,11 @@ the workers see equal, disjoint shares of the rows with the fixed shapes the tra
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from dad_ray import runtime
 from dad_ray.config.schema import DataConfig, SyntheticConfig
 from dad_ray.data import ensure_synthetic, ingest_options, train_dataset
 
@@ -20,10 +20,8 @@ SAMPLES = 16
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with runtime.ray_session(4, dashboard=False, log_to_driver=False):
+        yield
 
 
 def test_torch_trainer_two_workers_consume_the_pipeline(tmp_path):

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from dad_ray.train import init_ray
+    from dad_ray.runtime import init_ray
 
     init_ray(4)  # what jobs/distill.py starts: 4 logical CPUs, dashboard on 127.0.0.1 (releases finished runs' PGs)
     yield

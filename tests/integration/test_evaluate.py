@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-import ray
 import torch
 from PIL import Image
 
+from dad_ray import runtime
 from dad_ray.data import prepare_shards
 from dad_ray.data.fixtures import scene
 from dad_ray.metrics import METRIC_KEYS, MetricAccumulator, evaluate_disparity
@@ -22,9 +22,8 @@ INPUT_SIZE = 56
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with runtime.ray_session(4, dashboard=False, log_to_driver=False):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ray_local import LOOPBACK, multinode_cluster, node_of_resource
 
+from dad_ray.runtime import RAY_ENV
+
 
 @ray.remote(num_cpus=1)
 def where() -> tuple[str, str]:
@@ -24,7 +26,7 @@ def where() -> tuple[str, str]:
 def two_nodes():
     # 4 logical CPUs per worker node: a Train worker, Ray Data's tasks and its listing step (RAY_NOTES)
     nodes = [{"num_cpus": 4, "resources": {"node_a": 1}}, {"num_cpus": 4, "resources": {"node_b": 1}}]
-    with multinode_cluster(nodes, env={"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "2"}) as c:
+    with multinode_cluster(nodes, env=RAY_ENV) as c:
         yield c
 
 

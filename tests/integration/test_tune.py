@@ -105,11 +105,12 @@ def experiment(tmp_path_factory, smoke_assets):
     tune_state = exp_dir / "tuner.pkl"
     assert tune_state.is_file()
 
-    # phase 2: resume on this process's Ray (with dashboard: see driver.init_ray_for_tune)
+    # phase 2: resume on this process's Ray (with dashboard: see dad_ray.runtime)
+    from dad_ray.runtime import init_ray
     from dad_ray.tune.analysis import analyze
-    from dad_ray.tune.driver import init_ray_for_tune, resume_search
+    from dad_ray.tune.driver import resume_search
 
-    init_ray_for_tune(4)
+    init_ray(4)
     try:
         results = resume_search(exp_dir)
         report = analyze(exp_dir)

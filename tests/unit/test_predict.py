@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-import ray
 import torch
 from PIL import Image
 
+from dad_ray import runtime
 from dad_ray.models import DepthPredictor, create_model, network_input_size, predict_disparity, save_weights
 from dad_ray.models.inference import preprocess
 from dad_ray.models.predict import PredictOptions, collect_images, run_predict
@@ -179,9 +179,8 @@ def test_collect_images_globs_collisions_and_empty(tmp_path, image_dir):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
+    with runtime.ray_session(4, dashboard=False):
+        yield
 
 
 def test_predict_with_ray_data_matches_local(tmp_path, image_dir, checkpoint, ray_cluster):
