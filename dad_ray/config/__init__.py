@@ -11,6 +11,7 @@ from dad_ray.config.loader import (
     preset_names,
     save_config,
 )
+from dad_ray.config.paths import absolute_path, is_uri, with_absolute_paths
 from dad_ray.config.schema import (
     PATCH,
     BootstrapConfig,
@@ -26,6 +27,9 @@ from dad_ray.config.schema import (
 )
 
 __all__ = [
+    "absolute_path",
+    "is_uri",
+    "with_absolute_paths",
     "PATCH",
     "BootstrapConfig",
     "ConfigError",

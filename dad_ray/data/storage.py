@@ -13,9 +13,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
-
-def is_uri(path: str) -> bool:
-    return "://" in path
+from dad_ray.config.paths import is_uri
 
 
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:

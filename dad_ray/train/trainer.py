@@ -27,7 +27,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from dad_ray.config import ConfigError, ExperimentConfig, save_config, to_dict
+from dad_ray.config import ConfigError, ExperimentConfig, save_config, to_dict, with_absolute_paths
 from dad_ray.data import ensure_synthetic, eval_dataset, ingest_options, storage, train_dataset
 from dad_ray.data.storage import is_uri
 from dad_ray.models import list_models, save_weights
@@ -173,26 +173,6 @@ def bootstrap_teachers(cfg: ExperimentConfig) -> None:
         logger.info("bootstrap: training teacher %s on ground truth for %d steps → %s", teacher.name, steps, dest)
         _copy_student(fit(boot_cfg), dest)
         logger.info("bootstrap: teacher cached at %s", dest)
-
-
-def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` with its local paths (data, weights, output) made absolute; URIs and empty paths unchanged. Ray Train
-    workers and Tune trials run in their own working directories, so a relative path means nothing to them."""
-
-    def absolute(path: str) -> str:
-        return path if (not path or is_uri(path)) else os.path.abspath(path)
-
-    model = cfg.model
-    return replace(
-        cfg,
-        data=replace(cfg.data, root=absolute(cfg.data.root)),
-        model=replace(
-            model,
-            student_weights=absolute(model.student_weights),
-            teachers=tuple(replace(t, weights=absolute(t.weights)) for t in model.teachers),
-        ),
-        train=replace(cfg.train, output=absolute(cfg.train.output)),
-    )
 
 
 def prepare_experiment(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -61,7 +61,7 @@ def test_cli_rejects_bad_config_before_starting_ray(args, fragment, tmp_path):
 
 def test_paths_become_absolute_for_workers_and_uris_stay(tmp_path, monkeypatch):
     """Workers run in their own directories: the default preset's relative paths must reach them absolute."""
-    from dad_ray.train.trainer import with_absolute_paths
+    from dad_ray.config import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = with_absolute_paths(build_config("default", overrides={"train.output": "s3://bucket/runs"}))
