@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(config_to_yaml(cfg))
         return 0
-    from dad_ray.metrics.evaluate import evaluate_checkpoint, format_table, write_tensorboard
+    from dad_ray.inference import evaluate_checkpoint, format_table, write_tensorboard
     from dad_ray.models.weights import infer_model_name
 
     if not Path(args.checkpoint).is_file():

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dad_ray.inference import PredictOptions, run_predict
 from dad_ray.logging_utils import setup_logging
 from dad_ray.models import list_models
-from dad_ray.models.predict import PredictOptions, run_predict
 from dad_ray.models.weights import infer_model_name
 
 

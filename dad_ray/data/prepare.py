@@ -77,26 +77,14 @@ def prepare_shards(
     made from the same source and options, it is returned untouched; a different one is an error unless
     ``overwrite``. ``height``/``width``/``seed`` only apply to ``synthetic:N``.
     """
-    import ray.data
-
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     src = open_source(source, split, filenames=filenames, height=height, width=width, seed=seed)
     fingerprint = {"source": src.description, "split": split, "image_format": image_format, "skip_bad": skip_bad}
     directory = storage.join(out, split)
-    existing = read_manifest(directory, required=False)
-    if existing is not None and not overwrite:
-        if existing.get("fingerprint") == fingerprint:
-            logger.info(
-                "%s: shards already made from this source (%d samples), nothing to do",
-                directory,
-                existing["num_samples"],
-            )
-            return existing
-        raise StaleShardsError(
-            f"{directory}: holds shards made from {existing.get('fingerprint', {}).get('source')}, not "
-            f"{src.description}; pass overwrite (--overwrite) or choose another --out"
-        )
+    existing = _finished(directory, fingerprint, src, overwrite)
+    if existing is not None:
+        return existing
     fs, inner = storage.resolve(directory)
     storage.delete(fs, f"{inner}/manifest.json")  # readers stop trusting the old shards before any is replaced
 
@@ -104,34 +92,10 @@ def prepare_shards(
     if not refs:
         raise DataError(f"{source}: no samples found for split {split!r}")
     logger.info("%s -> %s: %d samples (%s)", source, directory, len(refs), src.description["kind"])
-    ds = ray.data.from_items([{"ref": r} for r in refs], override_num_blocks=max(1, len(refs) // BLOCK_SAMPLES))
-    ds = ds.map_batches(
-        _encode_batch,
-        fn_kwargs={"source": src, "image_format": image_format},
-        batch_size=BLOCK_SAMPLES,
-        num_cpus=num_cpus,
-        batch_format="numpy",
-    )
-    ds.context.execution_options.preserve_order = True  # the same shards on every run
-    ds.context.enable_progress_bars = False  # ours counts samples
-
+    rows = _encoded_rows(src, refs, image_format, num_cpus)
     writer = ShardWriter(directory, shard_bytes)
-    skipped: list[dict[str, str]] = []
-    written = 0
     with tqdm(total=len(refs), desc=f"shards {split}", unit="sample", disable=not progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            for key, image, depth, h, w, error in zip(
-                batch["key"], batch["image"], batch["depth"], batch["height"], batch["width"], batch["error"]
-            ):
-                if error:
-                    if not skip_bad:
-                        raise DataError(error)
-                    logger.warning("skipped: %s", error)
-                    skipped.append({"key": str(key), "reason": str(error)})
-                else:
-                    writer.add(str(key), bytes(image), bytes(depth), int(h), int(w))
-                    written += 1
-                bar.update(1)
+        written, skipped = _write_rows(rows, writer, skip_bad, bar)
     shards = writer.close()
     if written == 0:
         raise DataError(f"{source}: every sample of split {split!r} was bad ({len(skipped)} skipped), no shard made")
@@ -152,6 +116,61 @@ def prepare_shards(
     write_manifest(directory, manifest)
     logger.info("%s: %d samples in %d shards, %d skipped", directory, written, len(shards), len(skipped))
     return manifest
+
+
+def _finished(directory: str, fingerprint: dict[str, Any], src: Source, overwrite: bool) -> dict[str, Any] | None:
+    """The manifest of shards already made in ``directory`` from the same source and options (None: make them);
+    :class:`StaleShardsError` when they were made from another source, unless ``overwrite``."""
+    existing = read_manifest(directory, required=False)
+    if existing is None or overwrite:
+        return None
+    if existing.get("fingerprint") == fingerprint:
+        logger.info(
+            "%s: shards already made from this source (%d samples), nothing to do", directory, existing["num_samples"]
+        )
+        return existing
+    raise StaleShardsError(
+        f"{directory}: holds shards made from {existing.get('fingerprint', {}).get('source')}, not "
+        f"{src.description}; pass overwrite (--overwrite) or choose another --out"
+    )
+
+
+def _encoded_rows(src: Source, refs: list[str], image_format: str, num_cpus: float):
+    """The ``ray.data.Dataset`` of encoded rows (:func:`_encode_batch`), in the order of ``refs``."""
+    import ray.data
+
+    ds = ray.data.from_items([{"ref": r} for r in refs], override_num_blocks=max(1, len(refs) // BLOCK_SAMPLES))
+    ds = ds.map_batches(
+        _encode_batch,
+        fn_kwargs={"source": src, "image_format": image_format},
+        batch_size=BLOCK_SAMPLES,
+        num_cpus=num_cpus,
+        batch_format="numpy",
+    )
+    ds.context.execution_options.preserve_order = True  # the same shards on every run
+    ds.context.enable_progress_bars = False  # ours counts samples
+    return ds
+
+
+def _write_rows(rows, writer: ShardWriter, skip_bad: bool, bar: tqdm) -> tuple[int, list[dict[str, str]]]:
+    """Stream the encoded rows into ``writer``; returns (rows written, skipped inputs with their reasons). A bad
+    row raises its :class:`DataError` unless ``skip_bad``."""
+    skipped: list[dict[str, str]] = []
+    written = 0
+    for batch in rows.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        for key, image, depth, h, w, error in zip(
+            batch["key"], batch["image"], batch["depth"], batch["height"], batch["width"], batch["error"]
+        ):
+            if error:
+                if not skip_bad:
+                    raise DataError(error)
+                logger.warning("skipped: %s", error)
+                skipped.append({"key": str(key), "reason": str(error)})
+            else:
+                writer.add(str(key), bytes(image), bytes(depth), int(h), int(w))
+                written += 1
+            bar.update(1)
+    return written, skipped
 
 
 @contextlib.contextmanager

@@ -183,6 +183,36 @@ def _scene_objects(rng: np.random.Generator, room: np.ndarray, cam: np.ndarray) 
     return objects
 
 
+def _albedo(
+    surface: np.ndarray, normal: np.ndarray, points: np.ndarray, n_surfaces: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Per-surface colour x texture at surface coordinates (the two axes orthogonal to the normal): surface ids (N,),
+    normals and hit points (N, 3) -> albedo float32 (N, 3). Draws from ``rng`` surface by surface, in id order."""
+    albedo = np.empty((len(surface), 3), np.float32)
+    dominant = np.abs(normal).argmax(axis=1)
+    u = np.where(dominant == 0, points[:, 2], points[:, 0])
+    v = np.where(dominant == 1, points[:, 2], points[:, 1])
+    for sid in range(n_surfaces):
+        sel = surface == sid
+        if not sel.any():
+            continue
+        if sid in (0, 1, 4, 5):
+            base = _hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.6, 0.95))
+            kind = int(rng.choice([2, 3, 3]))
+        elif sid == 2:
+            base = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.1), rng.uniform(0.8, 1.0))
+            kind = 3
+        elif sid == 3:
+            base = _hsv_to_rgb(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.6), rng.uniform(0.4, 0.85))
+            kind = int(rng.choice([0, 1]))
+        else:
+            base = _hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.9))
+            kind = int(rng.integers(0, 4))
+        pattern = _texture(kind, u[sel], v[sel], rng)
+        albedo[sel] = base[None, :] * pattern[:, None]
+    return albedo
+
+
 def generate_scene(seed: int, height: int = 480, width: int = 640) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic scene: ``image`` uint8 (H, W, 3) and ``depth`` float32 (H, W) metres, 0 where invalid."""
     rng = np.random.default_rng([int(seed), 0x5CE7E])
@@ -219,30 +249,7 @@ def generate_scene(seed: int, height: int = 480, width: int = 640) -> tuple[np.n
         surface2[y0:y1, x0:x1][closer] = 6 + k
     points = origin + dirs * t[:, None]
 
-    # Albedo: per-surface colour x texture at surface coordinates (the two axes orthogonal to the normal).
-    n_surfaces = 6 + len(objects)
-    albedo = np.empty((len(dirs), 3), np.float32)
-    dominant = np.abs(normal).argmax(axis=1)
-    u = np.where(dominant == 0, points[:, 2], points[:, 0])
-    v = np.where(dominant == 1, points[:, 2], points[:, 1])
-    for sid in range(n_surfaces):
-        sel = surface == sid
-        if not sel.any():
-            continue
-        if sid in (0, 1, 4, 5):
-            base = _hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.6, 0.95))
-            kind = int(rng.choice([2, 3, 3]))
-        elif sid == 2:
-            base = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.1), rng.uniform(0.8, 1.0))
-            kind = 3
-        elif sid == 3:
-            base = _hsv_to_rgb(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.6), rng.uniform(0.4, 0.85))
-            kind = int(rng.choice([0, 1]))
-        else:
-            base = _hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.9))
-            kind = int(rng.integers(0, 4))
-        pattern = _texture(kind, u[sel], v[sel], rng)
-        albedo[sel] = base[None, :] * pattern[:, None]
+    albedo = _albedo(surface, normal, points, 6 + len(objects), rng)
 
     # Shading: Lambert from a point light near the ceiling (with cast shadows from the furniture) + ambient.
     light = np.array([rng.uniform(-wx / 4, wx / 4), hy - 0.15, rng.uniform(lz * 0.3, lz * 0.7)], np.float32)

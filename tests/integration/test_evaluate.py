@@ -81,7 +81,7 @@ def test_evaluate_job(ray_session, setup, tmp_path, capsys):
 
 
 def test_evaluate_rejects_bad_input(ray_session, setup):
-    from dad_ray.metrics.evaluate import evaluate_checkpoint
+    from dad_ray.inference import evaluate_checkpoint
 
     root, _samples, weights = setup
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from dad_ray import runtime
+from dad_ray.inference import PredictOptions, collect_images, run_predict
 from dad_ray.models import DepthPredictor, create_model, network_input_size, predict_disparity, save_weights
 from dad_ray.models.inference import preprocess
-from dad_ray.models.predict import PredictOptions, collect_images, run_predict
 from dad_ray.viz import colorize, make_grid
 
 REPO = Path(__file__).resolve().parents[2]

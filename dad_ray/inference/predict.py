@@ -5,9 +5,10 @@ Two engines, same outputs:
 - **local** (few images): images are decoded in the driver, grouped by size (a batch only ever holds images of one
   size: that is what lets mixed sizes run batched), predicted ``batch_size`` at a time on one device;
 - **Ray Data** (many images, or a shard directory): ``ray.data.read_images`` (or ``dad_ray.data.read_shards``) →
-  ``map_batches(DepthPredictor, compute=ActorPoolStrategy(size=actors), num_gpus=1 per actor on GPU)`` — the model
-  is loaded once per actor; inside an actor each batch is again split by image size. Results stream back to the
-  driver in input order, which writes the files, so ``--out`` may be a local directory even on a multi-node cluster.
+  ``map_batches(DepthPredictor, compute=ActorPoolStrategy(size=actors), num_gpus=1 per actor on GPU)`` (actors
+  planned by :func:`~dad_ray.inference.actors.plan_actors`) — the model is loaded once per actor; inside an actor
+  each batch is again split by image size. Results stream back to the driver in input order, which writes the
+  files, so ``--out`` may be a local directory even on a multi-node cluster.
 
 Output names mirror the input paths relative to their common directory (``a/b.jpg`` → ``<out>/a/b.npy`` and
 ``<out>/a/b.png``); shard rows are named by their ``key``. The ``.npy`` holds the raw
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dad_ray.inference.actors import plan_for_cluster
 from dad_ray.models.inference import DepthPredictor, resolve_device
 from dad_ray.runtime import init_ray
 from dad_ray.viz import colorize
@@ -137,18 +139,6 @@ def predict_local(files: Sequence[Path], root: Path, opts: PredictOptions) -> in
     return done
 
 
-def _actor_resources(opts: PredictOptions) -> tuple[int, dict]:
-    """(actor count, per-actor resources): with ``device="auto"`` one GPU actor per GPU of the Ray cluster (the
-    driver may have none), else one CPU actor; ``opts.actors`` overrides the count."""
-    import ray
-
-    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = cluster_gpus > 0 if opts.device == "auto" else resolve_device(opts.device).type == "cuda"
-    actors = opts.actors or (max(1, cluster_gpus) if use_gpu else 1)
-    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": opts.cpus_per_actor}
-    return actors, resources
-
-
 def predict_dataset(ds, name_column: str | None, root: Path | None, total: int | None, opts: PredictOptions) -> int:
     """Ray Data batch inference over a dataset with an ``image`` column; the driver writes the files in order.
 
@@ -159,23 +149,24 @@ def predict_dataset(ds, name_column: str | None, root: Path | None, total: int |
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    actors, resources = _actor_resources(opts)
-    device = "cuda" if "num_gpus" in resources else "cpu"
+    # device "auto": GPU actors when the cluster lists a GPU (the driver may have none); CPU: one actor
+    use_gpu = None if opts.device == "auto" else resolve_device(opts.device).type == "cuda"
+    plan = plan_for_cluster(use_gpu=use_gpu, actors=opts.actors, cpus_per_actor=opts.cpus_per_actor)
     predicted = ds.map_batches(
         DepthPredictor,
         fn_constructor_kwargs={
             "model_name": opts.model,
             "weights": str(Path(opts.checkpoint).resolve()),
             "input_size": opts.input_size,
-            "device": device,
+            "device": plan.device,
             "batch_size": opts.batch_size,
             "amp_dtype": opts.amp_dtype,
         },
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        compute=ray.data.ActorPoolStrategy(size=plan.count),
         batch_size=opts.batch_size,
-        **resources,
+        **plan.resources,
     )
-    logger.info("Ray Data inference: %d actor(s) with %s, batch %d", actors, resources, opts.batch_size)
+    logger.info("Ray Data inference: %d actor(s) with %s, batch %d", plan.count, plan.resources, opts.batch_size)
     out_dir = Path(opts.out)
     done = 0
     with tqdm(total=total, desc="predict (ray)", unit="img") as bar:

@@ -1,8 +1,9 @@
 """Evaluate a checkpoint on shards with Ray Data: the logic behind ``jobs/evaluate.py`` and the trainer's final eval.
 
 ``read_shards(data, split)`` (re-blocked to ``batch_size`` rows before decoding) →
-``map_batches(EvalActor, ActorPoolStrategy)`` (each actor loads every model to evaluate once, predicts disparity at
-each image's size with :class:`~dad_ray.models.DepthPredictor`, and turns it into per-image metric rows with
+``map_batches(EvalActor, ActorPoolStrategy)`` (actors planned by :func:`~dad_ray.inference.actors.plan_actors`;
+each actor loads every model to evaluate once, predicts disparity at each image's size with
+:class:`~dad_ray.models.DepthPredictor`, and turns it into per-image metric rows with
 :func:`~dad_ray.metrics.evaluate_disparity`) → the driver streams the small rows back with a progress bar and sums
 them in a :class:`~dad_ray.metrics.MetricAccumulator` (sums and counts: exact whatever the number of actors or
 blocks). Images with no valid pixel under the protocol are counted and named, never dropped.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ import torch
 from tqdm import tqdm
 
 from dad_ray.data import storage
-from dad_ray.metrics.depth import METRIC_KEYS, MetricAccumulator
-from dad_ray.metrics.protocol import ALIGNMENTS, PROTOCOLS, evaluate_disparity, get_protocol
+from dad_ray.inference.actors import plan_for_cluster
+from dad_ray.metrics import ALIGNMENTS, METRIC_KEYS, PROTOCOLS, MetricAccumulator, evaluate_disparity, get_protocol
+from dad_ray.runtime import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -96,23 +97,6 @@ class EvalActor:
         return result
 
 
-def _actor_plan(use_gpu: bool, actors: int) -> tuple[int, dict[str, float], str, int]:
-    """(actors, map_batches resources per actor, device, torch threads per actor) for the connected cluster."""
-    import ray
-
-    resources = ray.cluster_resources()
-    if use_gpu:
-        gpus = int(resources.get("GPU", 0))
-        if gpus < 1:
-            raise RuntimeError("use_gpu: the Ray cluster has no GPU (ray.cluster_resources() lists none)")
-        return (actors or gpus), {"num_gpus": 1, "num_cpus": 1}, "cuda", 1
-    cpus = int(resources.get("CPU", 1))
-    # one CPU stays free for the shard read (its listing task needs 1 CPU) and the driver
-    n = actors or max(1, min(cpus - 1, (os.cpu_count() or 1)))
-    threads = max(1, (os.cpu_count() or 1) // n)
-    return n, {"num_cpus": 1}, "cpu", threads
-
-
 def evaluate_checkpoint(*, model_name: str, weights: str, **kwargs: Any) -> dict[str, Any]:
     """Metrics of one checkpoint: :func:`evaluate_checkpoints` with a single model (same keyword arguments)."""
     return evaluate_checkpoints({model_name: (model_name, weights)}, **kwargs)[model_name]
@@ -138,39 +122,18 @@ def evaluate_checkpoints(
     ``models`` = {label: (registry name, weights path)}. Returns {label: {metric: mean over images with a valid
     pixel, "n_images", "n_invalid", "invalid_keys" (list), "protocol", "alignment", "model", "weights", "split"}}.
     Starts a local Ray when none is connected (or joins ``RAY_ADDRESS``). ``max_samples`` > 0 evaluates the first
-    rows only; ``actors`` 0 = one per GPU, or CPUs − 1.
+    rows only; ``actors`` 0 = one per GPU, or CPUs − 1 (:func:`~dad_ray.inference.actors.plan_actors`).
     """
-    import ray
     import ray.data
 
-    from dad_ray.data.shards import decode_rows, read_raw, shard_files
+    from dad_ray.data.shards import shard_files
 
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
-    if not models:
-        raise ValueError("no model to evaluate")
-    for _name, weights in models.values():
-        fs, inner = storage.resolve(weights)
-        if fs.get_file_info(inner).type != pafs.FileType.File:
-            raise FileNotFoundError(f"checkpoint {weights} does not exist")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from dad_ray.runtime import init_ray
-
+    _check_inputs(models, protocol, alignment, batch_size)
     init_ray()
     manifest, _files, _fs = shard_files(data, split)
     total = manifest["num_samples"] if max_samples <= 0 else min(max_samples, manifest["num_samples"])
-    # = read_shards(data, split), with the encoded rows re-blocked (streaming) into batch-sized blocks before
-    # decoding, so that the actor pool gets work in parallel even from a single shard
-    ds = read_raw(data, split)
-    if max_samples > 0:
-        ds = ds.limit(max_samples)
-    ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(
-        decode_rows, batch_size=batch_size, num_cpus=1, batch_format="numpy"
-    )
-    n_actors, resources, device, threads = _actor_plan(use_gpu, actors)
+    ds = _decoded_rows(data, split, max_samples, batch_size)
+    plan = plan_for_cluster(use_gpu=use_gpu, actors=actors, fill_cpus=True)  # CPU: one actor per CPU but one
     rows = ds.map_batches(
         EvalActor,
         fn_constructor_kwargs={
@@ -178,38 +141,23 @@ def evaluate_checkpoints(
                 (label, name, w if storage.is_uri(w) else str(Path(w).resolve())) for label, (name, w) in models.items()
             ],
             "input_size": input_size,
-            "device": device,
+            "device": plan.device,
             "batch_size": batch_size,
             "protocol": protocol,
             "alignment": alignment,
-            "threads": threads,
+            "threads": plan.threads,
         },
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        compute=ray.data.ActorPoolStrategy(size=plan.count),
         batch_size=batch_size,
         batch_format="numpy",
-        **resources,
+        **plan.resources,
     )
     logger.info(
         "evaluating %s on %d images of %s/%s: protocol %s, alignment in %s space, %d actor(s) on %s",
         ", ".join(f"{label} ({name}, {w})" for label, (name, w) in models.items()),
-        total, data, split or "", protocol, alignment, n_actors, device,
+        total, data, split or "", protocol, alignment, plan.count, plan.device,
     )  # fmt: skip
-    accs = {label: MetricAccumulator() for label in models}
-    invalid_keys: dict[str, list[str]] = {label: [] for label in models}
-    desc = f"evaluate {', '.join(models)}"
-    with tqdm(total=total * len(models), desc=desc, unit="img", disable=not progress) as bar:
-        for batch in rows.iter_batches(batch_size=64, batch_format="numpy"):
-            labels = np.asarray(batch["model"])
-            for label in models:
-                sel = labels == label
-                if not sel.any():
-                    continue
-                valid = torch.tensor(np.asarray(batch["valid"], dtype=bool)[sel])
-                accs[label].add(
-                    {k: torch.tensor(np.asarray(batch[k], dtype=np.float64)[sel]) for k in METRIC_KEYS}, valid
-                )
-                invalid_keys[label] += [str(k) for k, v in zip(batch["key"][sel], valid.tolist()) if not v]
-            bar.update(len(labels))
+    accs, invalid_keys = _accumulate(rows, list(models), total, progress)
     results: dict[str, dict[str, Any]] = {}
     for label, (name, weights) in models.items():
         result: dict[str, Any] = accs[label].compute()
@@ -231,6 +179,58 @@ def evaluate_checkpoints(
         )
         results[label] = result
     return results
+
+
+def _check_inputs(models: dict[str, tuple[str, str]], protocol: str, alignment: str, batch_size: int) -> None:
+    """Refuse a bad alignment, protocol, batch size or missing checkpoint before Ray starts."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
+    if not models:
+        raise ValueError("no model to evaluate")
+    for _name, weights in models.values():
+        fs, inner = storage.resolve(weights)
+        if fs.get_file_info(inner).type != pafs.FileType.File:
+            raise FileNotFoundError(f"checkpoint {weights} does not exist")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _decoded_rows(data: str, split: str | None, max_samples: int, batch_size: int) -> Any:
+    """= ``read_shards(data, split)``, with the encoded rows re-blocked (streaming) into batch-sized blocks before
+    decoding, so that the actor pool gets work in parallel even from a single shard. A ``ray.data.Dataset``."""
+    from dad_ray.data.shards import decode_rows, read_raw
+
+    ds = read_raw(data, split)
+    if max_samples > 0:
+        ds = ds.limit(max_samples)
+    return ds.repartition(target_num_rows_per_block=batch_size).map_batches(
+        decode_rows, batch_size=batch_size, num_cpus=1, batch_format="numpy"
+    )
+
+
+def _accumulate(
+    rows: Any, labels: list[str], total: int, progress: bool
+) -> tuple[dict[str, MetricAccumulator], dict[str, list[str]]]:
+    """Stream the per-(model, image) metric rows of ``rows`` (a ``ray.data.Dataset``) back to the driver and sum
+    them per model label: ({label: accumulator}, {label: keys of the images with no valid pixel})."""
+    accs = {label: MetricAccumulator() for label in labels}
+    invalid_keys: dict[str, list[str]] = {label: [] for label in labels}
+    with tqdm(total=total * len(labels), desc=f"evaluate {', '.join(labels)}", unit="img", disable=not progress) as bar:
+        for batch in rows.iter_batches(batch_size=64, batch_format="numpy"):
+            batch_labels = np.asarray(batch["model"])
+            for label in labels:
+                sel = batch_labels == label
+                if not sel.any():
+                    continue
+                valid = torch.tensor(np.asarray(batch["valid"], dtype=bool)[sel])
+                accs[label].add(
+                    {k: torch.tensor(np.asarray(batch[k], dtype=np.float64)[sel]) for k in METRIC_KEYS}, valid
+                )
+                invalid_keys[label] += [str(k) for k, v in zip(batch["key"][sel], valid.tolist()) if not v]
+            bar.update(len(batch_labels))
+    return accs, invalid_keys
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -1,0 +1,51 @@
+"""Ray Data batch inference: evaluation of checkpoints on shards, prediction of images or shards; one actor plan.
+
+The drivers of the package (they start or join Ray through :func:`dad_ray.runtime.init_ray`); the components they
+run live below them: :class:`~dad_ray.models.DepthPredictor` (models) and the metric functions (metrics).
+"""
+
+from dad_ray.inference.actors import ActorPlan, plan_actors, plan_for_cluster
+from dad_ray.inference.evaluate import (
+    EvalActor,
+    evaluate_checkpoint,
+    evaluate_checkpoints,
+    format_table,
+    write_tensorboard,
+)
+from dad_ray.inference.predict import (
+    IMAGE_SUFFIXES,
+    PredictOptions,
+    collect_images,
+    is_shard_dir,
+    load_rgb,
+    output_stem,
+    predict_dataset,
+    predict_images_ray,
+    predict_local,
+    predict_shards,
+    run_predict,
+    write_prediction,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ActorPlan",
+    "EvalActor",
+    "PredictOptions",
+    "collect_images",
+    "evaluate_checkpoint",
+    "evaluate_checkpoints",
+    "format_table",
+    "is_shard_dir",
+    "load_rgb",
+    "output_stem",
+    "plan_actors",
+    "plan_for_cluster",
+    "predict_dataset",
+    "predict_images_ray",
+    "predict_local",
+    "predict_shards",
+    "run_predict",
+    "write_prediction",
+    "write_tensorboard",
+]
