@@ -1,10 +1,13 @@
 """Hyper-parameter search for Distill-Any-Depth with Ray Tune + ASHA; each trial is one distillation run.
 
     python jobs/tune.py                                       # embedded default: small search on synthetic data, CPU
-    python jobs/tune.py --space search_spaces/smoke.yaml      # 4 tiny trials (tests)
+    python jobs/tune.py --space smoke                         # 4 tiny trials (tests)
     python jobs/tune.py --space loss_weights --output runs/tune --set train.num_workers=2
+    python jobs/tune.py --space my_space.yaml                 # a search-space file of your own
     python jobs/tune.py --resume runs/tune/loss_weights       # continue an interrupted experiment
-    ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/loss_weights.yaml
+    ray job submit --working-dir . -- python jobs/tune.py --space loss_weights
+
+Shipped spaces (dad_ray/tune/spaces/): default, smoke, loss_weights, crop_sizes, ablation.
 
 Results: <output>/<experiment>/ (Tune state, trials/<id>/ runs with TensorBoard + HParams). Then:
     tensorboard --logdir <output>/<experiment>
@@ -17,22 +20,16 @@ import argparse
 import sys
 
 from dad_ray.config import ConfigError
+from dad_ray.config.loader import add_override_arg
 from dad_ray.logging_utils import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default="default", help="search-space YAML, or the name of one in search_spaces/")
+    parser.add_argument("--space", default="default", help="a search-space YAML file, or the name of a shipped one")
     parser.add_argument("--output", default="runs/tune", help="experiments go to <output>/<experiment>")
     parser.add_argument("--name", help="experiment name (default: the space file's name)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra fixed config override for every trial (added to the space's overrides; repeatable)",
-    )
+    add_override_arg(parser, "extra fixed config override for every trial (added to the space's overrides; repeatable)")
     parser.add_argument("--max-concurrent-trials", type=int, help="override the space's / the computed concurrency")
     parser.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue an interrupted experiment")
     parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun failed trials too")
@@ -50,18 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         exp_dir = args.resume
     else:
-        import yaml
-
-        from dad_ray.config.loader import parse_override
-        from dad_ray.tune.space import parse_space, resolve_space_path
+        from dad_ray.tune.space import load_space
 
         try:
-            path = resolve_space_path(args.space)
-            data = yaml.safe_load(path.read_text()) or {}
-            if args.overrides:
-                data["overrides"] = {**(data.get("overrides") or {}), **dict(map(parse_override, args.overrides))}
-            space = parse_space(data, path=str(path), name=args.name)
-        except (ConfigError, yaml.YAMLError) as err:
+            space = load_space(args.space, overrides=args.overrides, name=args.name)
+        except ConfigError as err:
             parser.error(str(err))
         init_ray()
         results = driver.run_search(

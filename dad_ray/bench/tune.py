@@ -19,8 +19,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 logger = logging.getLogger(__name__)
 
 
@@ -72,28 +70,23 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--output", default="runs/bench_tune")
     args = parser.parse_args(argv)
 
-    from dad_ray.config.loader import parse_override
     from dad_ray.runtime import init_ray
-    from dad_ray.tune.space import parse_space, resolve_space_path
+    from dad_ray.tune.space import load_space
 
     init_ray()
     sections = []
     if not args.skip_compare:
-        path = resolve_space_path(args.space)
-        asha_space = parse_space(yaml.safe_load(path.read_text()), path=str(path))
+        asha_space = load_space(args.space)
         full_space = replace(asha_space, scheduler=None)
         asha, asha_s = _run(asha_space, args.output, f"{asha_space.name}_asha")
         full, full_s = _run(full_space, args.output, f"{asha_space.name}_full")
-        title = f"## ASHA vs full search ({path.name}, {asha_space.total_trials()} trials, seed {asha_space.seed})"
+        file_name = Path(asha_space.path).name
+        title = f"## ASHA vs full search ({file_name}, {asha_space.total_trials()} trials, seed {asha_space.seed})"
         sections.append(f"{title}\n{compare_table(asha, full, asha_s, full_s)}")
         logger.info("%s", sections[-1])
     if not args.skip_ablation:
-        path = resolve_space_path(args.ablation_space)
-        data = yaml.safe_load(path.read_text())
-        if args.ablation_set:
-            data["overrides"] = {**(data.get("overrides") or {}), **dict(map(parse_override, args.ablation_set))}
-        space = parse_space(data, path=str(path))
+        space = load_space(args.ablation_space, overrides=args.ablation_set)
         report, seconds = _run(space, args.output, space.name)
-        sections.append(f"## Ablation ({path.name}, {seconds:.0f} s)\n{ablation_table(report)}")
+        sections.append(f"## Ablation ({Path(space.path).name}, {seconds:.0f} s)\n{ablation_table(report)}")
         logger.info("%s", sections[-1])
     return "\n\n".join(sections)

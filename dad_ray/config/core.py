@@ -1,10 +1,14 @@
 """Generic machinery for frozen, typed, validated config dataclasses.
 
 A config class is a ``@dataclass(frozen=True)`` whose fields are annotated with ``int``, ``float``, ``str``,
-``bool``, ``Literal[...]``, ``X | None``, ``tuple[X, ...]``, ``tuple[X, Y]``, a union of those, or another config
-dataclass. ``from_dict`` builds one from the plain dict that YAML, the command line or Ray hands us, checking
-every key and type and naming the dotted key on failure; ``to_dict`` turns it back into plain YAML/JSON types.
-Range checks live in each class's ``__post_init__`` and raise :class:`ConfigError` via :func:`check`.
+``bool``, ``Any``, ``Literal[...]``, ``X | None``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``dict[str, X]``, a union of
+those, or another config dataclass. ``from_dict`` builds one from the plain dict that YAML, the command line or Ray
+hands us, checking every key and type and naming the dotted key on failure; ``to_dict`` turns it back into plain
+YAML/JSON types. Range checks live in each class's ``__post_init__`` and raise :class:`ConfigError` via :func:`check`
+(a key given there without its parents' prefix gets it prepended).
+
+A class may set ``KEY_NOUN`` (a plain class attribute, not a field) to word its unknown-key errors for a file format
+of its own: ``"<prefix>: unknown <noun> 'name' (did you mean …?)"`` instead of ``"unknown config key 'a.b.name'"``.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ def _type_name(tp: Any) -> str:
     if origin is tuple:
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"list of {_type_name(args[0])}"
+            return "list" if args[0] is Any else f"list of {_type_name(args[0])}"
         return "list [" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        return f"mapping of {_type_name(key_tp)} to {_type_name(value_tp)}"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -68,8 +75,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         bool_ok = any(isinstance(a, bool) for a in allowed)
         if value in allowed and (bool_ok or not isinstance(value, bool)):
             return value
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        hint = close_matches(value, [a for a in allowed if isinstance(a, str)]) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
     if origin in (Union, types.UnionType):
+        configs = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and configs:  # a mapping can only be the config class: report its own error
+            return _convert(value, configs[0], key)
         for arg in get_args(tp):
             try:
                 return _convert(value, arg, key)
@@ -85,6 +96,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}: {value!r}")
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        key_tp, value_tp = get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if key_tp is str and not isinstance(k, str):
+                raise ConfigError(f"{key}: keys must be strings, got {type(k).__name__} {k!r}")
+            out[k] = _convert(v, value_tp, f"{key}.{k}")
+        return out
     if tp is type(None):
         if value is None:
             return None
@@ -120,12 +141,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     types_ = field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        name = unknown[0]
-        raise ConfigError(
-            f"unknown config key '{where}{name}'{close_matches(name, types_)}; "
-            f"valid keys{' under ' + prefix if prefix else ''}: {', '.join(sorted(types_))}"
-        )
+        raise _unknown_key(cls, unknown[0], list(types_), prefix)
     kwargs = {}
     for name, tp in types_.items():
         if name in data:
@@ -137,6 +153,19 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         if prefix and not str(err).startswith(prefix):
             raise ConfigError(f"{prefix}.{err}") from None
         raise
+
+
+def _unknown_key(cls: type, name: str, valid: list[str], prefix: str) -> ConfigError:
+    hint = close_matches(name, valid)
+    noun = getattr(cls, "KEY_NOUN", None)
+    if noun:  # a file format of its own (e.g. a search space): its keys are not experiment config keys
+        where = f"{prefix}: " if prefix else ""
+        return ConfigError(f"{where}unknown {noun} '{name}'{hint}; valid {noun}s: {', '.join(valid)}")
+    where = f"{prefix}." if prefix else ""
+    return ConfigError(
+        f"unknown config key '{where}{name}'{hint}; "
+        f"valid keys{' under ' + prefix if prefix else ''}: {', '.join(sorted(valid))}"
+    )
 
 
 def to_dict(cfg: Any) -> Any:

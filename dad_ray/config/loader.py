@@ -26,7 +26,9 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("dad_ray.config.presets").iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds; a missing file, bad YAML or another top level is a ConfigError naming
+    ``what`` (e.g. ``"preset"``) and the path."""
     try:
         text = Path(path).read_text()
     except OSError as err:
@@ -56,11 +58,11 @@ def load_preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"unknown preset '{name}'{close_matches(name, names)}; available: {', '.join(names)}")
     path = resources.files("dad_ray.config.presets") / f"{name}.yaml"
     with resources.as_file(path) as p:
-        return _resolve_bases(_read_yaml(p, "preset"), seen + (name,))
+        return _resolve_bases(read_yaml_mapping(p, "preset"), seen + (name,))
 
 
 def load_config_file_dict(path: str | os.PathLike) -> dict[str, Any]:
-    return _resolve_bases(_read_yaml(path, "config file"), ())
+    return _resolve_bases(read_yaml_mapping(path, "config file"), ())
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -121,14 +123,7 @@ def add_config_args(parser: argparse.ArgumentParser, shortcuts: dict[str, tuple[
     group = parser.add_argument_group("configuration (precedence: preset < config file < --set and shortcut flags)")
     group.add_argument("--preset", help=f"a shipped preset: {', '.join(preset_names())}")
     group.add_argument("--config", help="a YAML config file (e.g. a run's config.yaml or analyze's best_config.yaml)")
-    group.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value by dotted key, e.g. --set loss.lambda_lg=0.5 (repeatable)",
-    )
+    add_override_arg(group)
     group.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.set_defaults(_shortcuts=shortcuts or {})
     for flag, (key, tp, help_) in (shortcuts or {}).items():
@@ -136,6 +131,14 @@ def add_config_args(parser: argparse.ArgumentParser, shortcuts: dict[str, tuple[
             group.add_argument(flag, action="store_const", const=True, default=None, help=f"{help_} (sets {key})")
         else:
             group.add_argument(flag, type=tp, default=None, help=f"{help_} (sets {key})")
+
+
+def add_override_arg(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    help_text: str = "override one config value by dotted key, e.g. --set loss.lambda_lg=0.5 (repeatable)",
+) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: strings that :func:`parse_override` reads."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, default_preset: str | None = None, cls: type = ExperimentConfig) -> Any:

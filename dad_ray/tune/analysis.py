@@ -104,7 +104,7 @@ def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
     metric, sign = space.metric, (1 if space.mode == "min" else -1)
     dirs = _tune_trial_dirs(exp_dir)
     states = _trial_states(exp_dir, dirs)
-    base = space.base_config()
+    base = space.base
     steps_per_time = base.train.val_every if sched and sched.time_attr == "val_round" else 1
     max_t = sched.max_t if sched else None
 

@@ -2,7 +2,7 @@
 
 Layout of an experiment ``<output>/<experiment>/``:
 
-    space.yaml              the search space as given (``--resume`` rebuilds everything from it)
+    space.yaml              the search space as given, with --set overrides (``--resume`` rebuilds everything from it)
     base_config.yaml        the resolved base config every trial starts from (paths made absolute)
     <trial dirs>/           Tune's own per-trial results (result.json, progress.csv, ray/tune/* event files)
     trials/<trial id>/      each trial's distillation run: config.yaml, tensorboard/ (+ HParams), checkpoints/
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray import tune
 
-from dad_ray.config import ExperimentConfig, get_dotted, save_config, to_dict
+from dad_ray.config import ExperimentConfig, get_dotted, save_config, to_dict, with_absolute_paths
+from dad_ray.config.loader import read_yaml_mapping
 from dad_ray.runtime import init_ray
 from dad_ray.tune.hparams import HParamsCallback
 from dad_ray.tune.space import SearchSpace, parse_space
@@ -27,6 +29,7 @@ from dad_ray.tune.space import SearchSpace, parse_space
 logger = logging.getLogger(__name__)
 
 SPACE_FILE = "space.yaml"
+NAME_KEY = "_name"  # space.yaml's extra key: the experiment's name
 BASE_FILE = "base_config.yaml"
 TRIALS_DIR = "trials"
 
@@ -39,22 +42,9 @@ def trial_run_dir(exp_dir: str | os.PathLike, trial_id: str) -> Path:
     return Path(exp_dir) / TRIALS_DIR / trial_id
 
 
-def _absolute(path: str) -> str:
-    return path if (not path or "://" in path) else str(Path(path).resolve())
-
-
-def absolutize_paths(base: dict[str, Any]) -> dict[str, Any]:
-    """Trials run in their own working directories: make data and weight paths absolute (URIs kept)."""
-    out = yaml.safe_load(yaml.safe_dump(base))  # deep copy of plain data
-    data = out.setdefault("data", {})
-    data["root"] = _absolute(data.get("root", ExperimentConfig().data.root))
-    model = out.setdefault("model", {})
-    if model.get("student_weights"):
-        model["student_weights"] = _absolute(model["student_weights"])
-    for teacher in model.get("teachers", []) or []:
-        if teacher.get("weights"):
-            teacher["weights"] = _absolute(teacher["weights"])
-    return out
+def with_absolute_base(space: SearchSpace) -> SearchSpace:
+    """Trials run in their own working directories: the space with its base config's local paths made absolute."""
+    return replace(space, base=with_absolute_paths(space.base))
 
 
 def hparams_of(space: SearchSpace, exp_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -127,16 +117,14 @@ def _scheduler(space: SearchSpace):
 
 def prepare(space: SearchSpace, output: str | os.PathLike, name: str | None = None) -> tuple[SearchSpace, Path]:
     """Resolve paths, write space.yaml/base_config.yaml, and run ``prepare_experiment`` once (data + teacher)."""
-    from dataclasses import replace
-
     from dad_ray.train import prepare_experiment
 
     exp_dir = experiment_dir(output, name or space.name)
-    space = replace(space, base=absolutize_paths(space.base))
-    cfg = space.base_config()
+    space = with_absolute_base(space)
+    cfg = space.base
     cfg = prepare_experiment(replace(cfg, train=replace(cfg.train, name="prepare", output=str(exp_dir / TRIALS_DIR))))
     exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / SPACE_FILE).write_text(yaml.safe_dump({**space.source, "_name": exp_dir.name}, sort_keys=False))
+    (exp_dir / SPACE_FILE).write_text(yaml.safe_dump({**space.source, NAME_KEY: exp_dir.name}, sort_keys=False))
     save_config(cfg, exp_dir / BASE_FILE)
     return space, exp_dir
 
@@ -149,9 +137,10 @@ def run_search(
     max_concurrent_trials: int | None = None,
     stop: Any = None,
 ) -> tune.ResultGrid:
-    """Validate (already done by :func:`parse_space`), prepare data/teacher once, then run every trial."""
+    """Validate (already done by :func:`~dad_ray.tune.space.load_space`), prepare data/teacher once, then run every
+    trial."""
     space, exp_dir = prepare(space, output, name)
-    cfg = space.base_config()
+    cfg = space.base
     concurrency = max_concurrent_trials or space.max_concurrent_trials or default_concurrency(space, cfg)
     logger.info(
         "experiment %s: %d trials, %d at a time, ASHA %s → %s",
@@ -181,22 +170,18 @@ def run_search(
 
 
 def _with_stop(run_config: tune.RunConfig, stop: Any) -> tune.RunConfig:
-    from dataclasses import replace
-
     return replace(run_config, stop=stop)
 
 
 def load_experiment_space(exp_dir: str | os.PathLike) -> SearchSpace:
+    """The space an experiment directory was started with (its ``space.yaml``), base paths made absolute."""
     exp_dir = Path(exp_dir).resolve()
     path = exp_dir / SPACE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a tune experiment directory (no {SPACE_FILE})")
-    data = yaml.safe_load(path.read_text())
-    name = data.pop("_name", exp_dir.name)
-    space = parse_space(data, path=str(path), name=name)
-    from dataclasses import replace
-
-    return replace(space, base=absolutize_paths(space.base))
+    data = read_yaml_mapping(path, "search space")
+    name = data.pop(NAME_KEY, exp_dir.name)
+    return with_absolute_base(parse_space(data, path=str(path), name=name))
 
 
 def resume_search(exp_dir: str | os.PathLike, *, restart_errored: bool = False) -> tune.ResultGrid:
@@ -206,7 +191,7 @@ def resume_search(exp_dir: str | os.PathLike, *, restart_errored: bool = False) 
     if not tune.Tuner.can_restore(str(exp_dir)):
         raise FileNotFoundError(f"{exp_dir}: no Tune experiment state to resume from")
     space = load_experiment_space(exp_dir)
-    cfg = space.base_config()
+    cfg = space.base
     init_ray()
     tuner = tune.Tuner.restore(
         str(exp_dir),

@@ -19,49 +19,255 @@
     max_concurrent_trials: null       # null = cluster GPUs / GPUs per trial, or what fits the CPUs
     seed: 0
 
-:func:`load_space` checks every key and every value each distribution can produce against the experiment schema
-(the config is built for every choice/grid value/variant and for both ends of every range), so a bad space fails
-in a second, before Ray starts.
+The file is read by the experiment config's own :func:`~dad_ray.config.core.from_dict` into :class:`SpaceFile`
+(unknown keys with close-match hints, types, ranges), then resolved into a :class:`SearchSpace` whose base is an
+:class:`~dad_ray.config.ExperimentConfig`. :func:`load_space` is the one way in (jobs, driver, benchmarks): a file
+path or the name of a space shipped in ``dad_ray/tune/spaces/``, plus ``--set`` overrides. It checks every key and
+every value each distribution can produce against the experiment schema (the config is built for every choice/grid
+value/variant and for both ends of every range), so a bad space fails in a second, before Ray starts, with an error
+that names the file and the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, is_dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
-
-from dad_ray.config import ConfigError, ExperimentConfig, all_keys, build_config, load_preset_dict
-from dad_ray.config.core import close_matches, field_types, set_dotted
-from dad_ray.config.loader import load_config_file_dict
+from dad_ray.config import ConfigError, ExperimentConfig, from_dict, load_preset_dict, set_dotted, to_dict
+from dad_ray.config.core import all_keys, check, close_matches, field_types
+from dad_ray.config.loader import load_config_file_dict, parse_override, read_yaml_mapping
+from dad_ray.metrics import METRIC_KEYS
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid", "randint")
-TOP_KEYS = (
-    "base_preset",
-    "base_config",
-    "overrides",
-    "params",
-    "variants",
-    "metric",
-    "mode",
-    "num_samples",
-    "scheduler",
-    "resources",
-    "max_concurrent_trials",
-    "seed",
-    "time_budget_s",
-)
-SCHEDULER_KEYS = ("type", "time_attr", "max_t", "grace_period", "reduction_factor")
-TIME_ATTRS = ("step", "val_round")
-METRICS = ("val_abs_rel", "val_d1", "val_sq_rel", "val_rmse", "val_rmse_log", "val_log10", "val_silog", "loss")
+# what a trial reports that Tune can rank by: every validation metric (val_<key>) and the training loss
+METRICS = tuple(f"val_{k}" for k in METRIC_KEYS) + ("loss",)
 # keys the driver sets per trial; a space must not vary them
 RESERVED = ("train.name", "train.output")
+# keys whose null means "empty" (a YAML section whose entries are all commented out)
+NULL_MEANS_EMPTY = ("overrides", "params", "variants", "resources")
+SPACES_PACKAGE = "dad_ray.tune.spaces"
+MAX_COMBINATIONS = 4096  # every combination of the discrete candidates is checked up to this many
+
+Number = int | float  # kept as written (an int bound stays an int)
+
+
+# -------------------------------------------------------------------------------------------------- the file format
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One entry of ``params``: exactly one distribution (checked by :class:`SpaceFile`, which knows its key)."""
+
+    KEY_NOUN = "field"
+
+    choice: tuple[Any, ...] | None = None  # one of the values, at random
+    uniform: tuple[Number, Number] | None = None  # [low, high]
+    loguniform: tuple[Number, Number] | None = None  # [low, high], low > 0
+    grid: tuple[Any, ...] | None = None  # every value: a grid axis (multiplies the trials)
+    randint: tuple[int, int] | None = None  # [low, high], both inclusive
+    multiple_of: Number | None = None  # randint/uniform: only multiples of it (the bounds must be multiples)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+
+    def __post_init__(self) -> None:
+        for kind in ("choice", "grid"):
+            values = getattr(self, kind)
+            check(values is None or len(values) > 0, kind, "expected a non-empty list, got []")
+        for kind in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, kind)
+            if bounds is not None:
+                lo, hi = bounds
+                check(math.isfinite(lo) and math.isfinite(hi), kind, f"expected finite numbers, got [{lo}, {hi}]")
+                check(lo < hi, kind, f"low must be < high, got [{lo}, {hi}]")
+        if self.loguniform is not None:
+            check(self.loguniform[0] > 0, "loguniform", f"loguniform needs low > 0, got {self.loguniform[0]}")
+        if self.multiple_of is not None:
+            self._check_multiple_of(self.multiple_of)
+
+    def _check_multiple_of(self, m: Number) -> None:
+        check(math.isfinite(m) and m > 0, "multiple_of", f"must be > 0, got {m}")
+        other = [k for k in self.kinds if k not in ("randint", "uniform")]
+        check(not other, "multiple_of", f"applies to randint and uniform only, not {other[0] if other else ''}")
+        if self.randint is not None:
+            check(isinstance(m, int), "multiple_of", f"must be an integer for randint, got {m!r}")
+            lo, hi = self.randint
+            check(lo % m == 0 and hi % m == 0, "randint", f"bounds must be multiples of {m}, got [{lo}, {hi}]")
+        if self.uniform is not None:
+            lo, hi = self.uniform
+            multiples = all(math.isclose(b / m, round(b / m), abs_tol=1e-9) for b in (lo, hi))
+            check(multiples, "uniform", f"bounds must be multiples of {m}, got [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """ASHA's settings (``scheduler: null`` or ``type: none``: every trial runs to the end)."""
+
+    KEY_NOUN = "key"
+
+    type: str = "asha"
+    time_attr: Literal["step", "val_round"] = "step"  # optimizer steps, or validation rounds
+    max_t: int = 12
+    grace_period: int = 6
+    reduction_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        check(
+            self.type in ("asha", "none"), "type", f"only 'asha' (or scheduler: null) is supported, got {self.type!r}"
+        )
+        check(self.max_t >= 1, "max_t", f"expected an integer >= 1, got {self.max_t}")
+        check(self.grace_period >= 1, "grace_period", f"expected an integer >= 1, got {self.grace_period}")
+        check(
+            self.grace_period <= self.max_t,
+            "grace_period",
+            f"must be <= max_t ({self.max_t}), got {self.grace_period}",
+        )
+        rf = self.reduction_factor
+        check(math.isfinite(rf) and rf > 1, "reduction_factor", f"must be > 1, got {rf}")
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """What each trial's own function reserves (its Train workers reserve theirs through the experiment config)."""
+
+    KEY_NOUN = "key"
+
+    cpus_per_trial: float = 0.01
+    gpus_per_trial: float = 0.0
+
+    def __post_init__(self) -> None:
+        cpus, gpus = self.cpus_per_trial, self.gpus_per_trial
+        check(math.isfinite(cpus) and cpus > 0, "cpus_per_trial", f"must be > 0 (Ray rejects 0), got {cpus}")
+        check(math.isfinite(gpus) and gpus >= 0, "gpus_per_trial", f"must be >= 0, got {gpus}")
+
+
+@dataclass(frozen=True)
+class SpaceFile:
+    """A search-space YAML file as written (see the module docstring); :meth:`resolve` makes it a SearchSpace."""
+
+    KEY_NOUN = "search-space key"
+
+    base_preset: str | None = None  # a shipped preset (default: "default") ...
+    base_config: str | None = None  # ... or a config file, relative to the space file
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, for every trial
+    params: dict[str, Distribution] = field(default_factory=dict)  # dotted key -> distribution
+    variants: tuple[dict[str, Any], ...] = ()  # a grid over whole override sets
+    metric: str = "val_abs_rel"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = 1
+    scheduler: SchedulerSpec | Literal["none"] | None = field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    max_concurrent_trials: int | None = None  # null = computed by the driver from the cluster
+    seed: int = 0
+    time_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        check(
+            self.base_preset is None or self.base_config is None,
+            "base_config",
+            "give base_preset or base_config, not both",
+        )
+        valid = all_keys(ExperimentConfig)
+        for key in self.overrides:
+            _check_key(key, "overrides", valid)
+        for key, dist in self.params.items():
+            _check_key(key, "params", valid)
+            kinds = dist.kinds
+            needed = f"exactly one distribution of {', '.join(DISTRIBUTIONS)} is needed, got {kinds or 'none'}"
+            check(len(kinds) == 1, f"params.{key}", needed)
+        for i, variant in enumerate(self.variants):
+            check(len(variant) > 0, f"variants[{i}]", "expected a non-empty mapping of dotted keys to values")
+            for key in variant:
+                _check_key(key, f"variants[{i}]", valid)
+                check(key not in self.params, f"variants[{i}]", f"'{key}' is also in params; vary it in one place")
+        check(bool(self.params or self.variants), "params", "nothing to search: give params and/or variants")
+        _check_disjoint(list(self.params) + [k for v in self.variants for k in v])
+        check(self.metric in METRICS, "metric", f"unknown metric '{self.metric}'{close_matches(self.metric, METRICS)}")
+        check(self.num_samples >= 1, "num_samples", f"expected an integer >= 1, got {self.num_samples}")
+        concurrent = self.max_concurrent_trials
+        at_least_one = f"expected an integer >= 1 or null, got {concurrent}"
+        check(concurrent is None or concurrent >= 1, "max_concurrent_trials", at_least_one)
+        budget = self.time_budget_s
+        check(budget is None or (math.isfinite(budget) and budget > 0), "time_budget_s", f"must be > 0, got {budget}")
+
+    def base_dict(self, path: str) -> dict[str, Any]:
+        """The plain config dict of the base preset or file with ``overrides`` set on it."""
+        try:
+            if self.base_config is not None:
+                base_file = Path(self.base_config)
+                if not base_file.is_absolute() and path != "<space>":
+                    base_file = Path(path).parent / base_file
+                base = load_config_file_dict(base_file)
+            else:
+                base = load_preset_dict(self.base_preset or "default")
+        except ConfigError as err:
+            raise ConfigError(f"{'base_config' if self.base_config is not None else 'base_preset'}: {err}") from None
+        for key, value in self.overrides.items():
+            set_dotted(base, key, value)
+        return base
+
+    def resolve(self, *, path: str, name: str | None, source: dict[str, Any]) -> SearchSpace:
+        base_dict = self.base_dict(path)
+        try:
+            base = from_dict(ExperimentConfig, base_dict)
+        except ConfigError as err:
+            raise ConfigError(f"base config + overrides: {err}") from None
+        scheduler = self.scheduler if isinstance(self.scheduler, SchedulerSpec) else None
+        return SearchSpace(
+            name=name or (Path(path).stem if path != "<space>" else "search"),
+            base=base,
+            params=tuple(Param.of(key, dist) for key, dist in self.params.items()),
+            variants=self.variants,
+            metric=self.metric,
+            mode=self.mode,
+            num_samples=self.num_samples,
+            scheduler=None if scheduler is None or scheduler.type == "none" else scheduler,
+            cpus_per_trial=self.resources.cpus_per_trial,
+            gpus_per_trial=self.resources.gpus_per_trial,
+            max_concurrent_trials=self.max_concurrent_trials,
+            seed=self.seed,
+            time_budget_s=self.time_budget_s,
+            source=source,
+            path=path,
+        )
+
+
+def _check_key(key: str, where: str, valid: dict[str, Any]) -> None:
+    """``key`` names a field of the experiment config (list items by index: ``model.teachers.0.weights``)."""
+    reserved = f"'{key}' is set by the tune driver for each trial and cannot be searched or overridden"
+    check(key not in RESERVED, where, reserved)
+    if key in valid:
+        return
+    tp: Any = ExperimentConfig  # walk the schema through tuples of configs
+    for part in key.split("."):
+        if part.isdigit() and typing.get_origin(tp) is tuple:
+            tp = typing.get_args(tp)[0]
+            continue
+        fields = field_types(tp) if is_dataclass(tp) else {}
+        check(part in fields, where, f"unknown config key '{key}'{close_matches(key, valid)}")
+        tp = fields[part]
+
+
+def _check_disjoint(keys: list[str]) -> None:
+    """No searched key inside another (``model.teachers`` and ``model.teachers.0.weights``): which one wins would
+    depend on the order they are set in."""
+    for a, b in itertools.permutations(dict.fromkeys(keys), 2):
+        check(
+            not b.startswith(a + "."),
+            "searched keys",
+            f"'{b}' lies inside '{a}', which is searched too; vary one of them",
+        )
+
+
+# ----------------------------------------------------------------------------------------------- the resolved space
 
 
 @dataclass(frozen=True)
@@ -70,6 +276,11 @@ class Param:
     kind: str  # one of DISTRIBUTIONS
     values: tuple[Any, ...]  # choice/grid values, or (lo, hi) for ranges
     multiple_of: int | float | None = None
+
+    @classmethod
+    def of(cls, key: str, dist: Distribution) -> Param:
+        (kind,) = dist.kinds
+        return cls(key, kind, tuple(getattr(dist, kind)), dist.multiple_of)
 
     def candidates(self) -> list[Any]:
         """Every value the distribution can produce that matters for validation (all values, or both ends)."""
@@ -97,18 +308,9 @@ class Param:
 
 
 @dataclass(frozen=True)
-class SchedulerSpec:
-    type: str = "asha"
-    time_attr: str = "step"
-    max_t: int = 12
-    grace_period: int = 6
-    reduction_factor: float = 2.0
-
-
-@dataclass(frozen=True)
 class SearchSpace:
     name: str  # the experiment name (file stem unless given)
-    base: dict[str, Any]  # plain config dict of base preset/file + overrides
+    base: ExperimentConfig  # base preset/file + overrides: what every trial starts from
     params: tuple[Param, ...]
     variants: tuple[dict[str, Any], ...] = ()
     metric: str = "val_abs_rel"
@@ -120,7 +322,8 @@ class SearchSpace:
     max_concurrent_trials: int | None = None
     seed: int = 0
     time_budget_s: float | None = None
-    source: dict[str, Any] = field(default_factory=dict)  # the YAML as read (saved with the experiment)
+    source: dict[str, Any] = field(default_factory=dict)  # the YAML as read, with --set overrides (saved with runs)
+    path: str = "<space>"  # the file it was read from
 
     @property
     def searched_keys(self) -> list[str]:
@@ -131,21 +334,25 @@ class SearchSpace:
         return keys
 
     def base_config(self) -> ExperimentConfig:
-        return build_config(overrides=_flat_items(self.base))
+        return self.base
 
-    def trial_config(self, sampled: dict[str, Any], *, name: str, output: str) -> ExperimentConfig:
-        """base + overrides + sampled params (+ the variant selected by ``sampled['variant']``) + name/output."""
-        return build_config(overrides=self.trial_overrides(sampled, name=name, output=output))
+    def config_with(self, values: Mapping[str, Any]) -> ExperimentConfig:
+        """The base config with ``values`` (dotted key -> value) set on it, validated."""
+        tree = to_dict(self.base)
+        for key, value in values.items():
+            set_dotted(tree, key, value)
+        return from_dict(ExperimentConfig, tree)
 
-    def trial_overrides(self, sampled: dict[str, Any], *, name: str, output: str) -> dict[str, Any]:
-        values = dict(_flat_items(self.base))
+    def trial_values(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """Tune's sampled config -> dotted key -> value (the variant selected by ``sampled['variant']`` expanded)."""
+        values: dict[str, Any] = {}
         for key, value in sampled.items():
-            if key == "variant":
-                values.update(self.variants[int(value)])
-            else:
-                values[key] = value
-        values.update({"train.name": name, "train.output": output})
+            values.update(self.variants[int(value)] if key == "variant" else {key: value})
         return values
+
+    def trial_config(self, sampled: Mapping[str, Any], *, name: str, output: str) -> ExperimentConfig:
+        """base + sampled params (+ the variant selected by ``sampled['variant']``) + name/output."""
+        return self.config_with({**self.trial_values(sampled), "train.name": name, "train.output": output})
 
     def param_space(self) -> dict[str, Any]:
         from ray import tune
@@ -166,287 +373,125 @@ class SearchSpace:
         return self.grid_size() * self.num_samples
 
 
-def _flat_items(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict → {dotted key: leaf} (lists are leaves, as in presets)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(_flat_items(v, key))
-        else:
-            out[key] = v
-    return out
+# --------------------------------------------------------------------------------------------------------- checks
 
 
-def _err(where: str, message: str) -> ConfigError:
-    return ConfigError(f"{where}: {message}")
-
-
-def _check_key(key: Any, where: str, valid: dict[str, Any]) -> str:
-    if not isinstance(key, str):
-        raise _err(where, f"config keys must be dotted strings, got {key!r}")
-    if key in RESERVED:
-        raise _err(where, f"'{key}' is set by the tune driver for each trial and cannot be searched or overridden")
-    if key in valid:
-        return key
-    # list items are addressed by index (model.teachers.0.weights): walk the schema through tuples of configs
-    tp: Any = ExperimentConfig
-    for part in key.split("."):
-        if part.isdigit() and typing.get_origin(tp) is tuple:
-            tp = typing.get_args(tp)[0]
-            continue
-        fields = field_types(tp) if dataclasses.is_dataclass(tp) else {}
-        if part not in fields:
-            raise _err(where, f"unknown config key '{key}'{close_matches(key, valid)}")
-        tp = fields[part]
-    return key
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _err(where, f"expected a finite number, got {value!r}")
-    return value
-
-
-def _parse_param(key: str, spec: Any, where: str) -> Param:
-    if not isinstance(spec, dict):
-        raise _err(where, f"expected a mapping like {{choice: [...]}}, got {spec!r}")
-    kinds = [k for k in spec if k in DISTRIBUTIONS]
-    extra = [k for k in spec if k not in DISTRIBUTIONS and k != "multiple_of"]
-    if extra:
-        raise _err(where, f"unknown field '{extra[0]}'{close_matches(str(extra[0]), DISTRIBUTIONS + ('multiple_of',))}")
-    if len(kinds) != 1:
-        raise _err(where, f"exactly one distribution of {', '.join(DISTRIBUTIONS)} is needed, got {kinds or 'none'}")
-    kind = kinds[0]
-    raw = spec[kind]
-    multiple_of = spec.get("multiple_of")
-    if multiple_of is not None:
-        _number(multiple_of, f"{where}.multiple_of")
-        if multiple_of <= 0:
-            raise _err(f"{where}.multiple_of", f"must be > 0, got {multiple_of}")
-        if kind not in ("randint", "uniform"):
-            raise _err(f"{where}.multiple_of", f"applies to randint and uniform only, not {kind}")
-    if kind in ("choice", "grid"):
-        if not isinstance(raw, list) or not raw:
-            raise _err(f"{where}.{kind}", f"expected a non-empty list, got {raw!r}")
-        return Param(key, kind, tuple(raw))
-    if not isinstance(raw, list) or len(raw) != 2:
-        raise _err(f"{where}.{kind}", f"expected [low, high], got {raw!r}")
-    lo, hi = (_number(v, f"{where}.{kind}") for v in raw)
-    if not lo < hi:
-        raise _err(f"{where}.{kind}", f"low must be < high, got [{lo}, {hi}]")
-    if kind == "loguniform" and lo <= 0:
-        raise _err(f"{where}.{kind}", f"loguniform needs low > 0, got {lo}")
-    if kind == "randint":
-        if not (isinstance(lo, int) and isinstance(hi, int)):
-            raise _err(f"{where}.{kind}", f"randint bounds must be integers, got [{lo}, {hi}]")
-        if multiple_of is not None:
-            if not isinstance(multiple_of, int):
-                raise _err(f"{where}.multiple_of", f"must be an integer for randint, got {multiple_of!r}")
-            if lo % multiple_of or hi % multiple_of:
-                raise _err(f"{where}.{kind}", f"bounds must be multiples of {multiple_of}, got [{lo}, {hi}]")
-    if kind == "uniform" and multiple_of is not None:
-        for bound in (lo, hi):
-            if not math.isclose(bound / multiple_of, round(bound / multiple_of), abs_tol=1e-9):
-                raise _err(f"{where}.{kind}", f"bounds must be multiples of {multiple_of}, got [{lo}, {hi}]")
-    return Param(key, kind, (lo, hi), multiple_of)
-
-
-def _validate_values(space: SearchSpace, path: str) -> None:
-    """Build the ExperimentConfig for every candidate value of every param and every variant."""
-    base = dict(_flat_items(space.base))
+def _config_or_error(space: SearchSpace, values: Mapping[str, Any], where: str) -> None:
     try:
-        build_config(overrides=base)
+        space.config_with(values)
     except ConfigError as err:
-        raise ConfigError(f"{path}: base config + overrides: {err}") from None
-    # each param value on its own (errors name the param), then every combination of the discrete ones
-    checks: list[tuple[str, dict[str, Any]]] = []
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _validate_values(space: SearchSpace) -> None:
+    """Build the ExperimentConfig for every candidate value of every param and every variant."""
+    # each param value on its own (errors name the param), then every variant
     for p in space.params:
         for value in p.candidates():
-            checks.append((f"params.{p.key}={value!r}", {p.key: value}))
+            _config_or_error(space, {p.key: value}, f"params.{p.key}={value!r}")
     for i, variant in enumerate(space.variants):
-        checks.append((f"variants[{i}]", dict(variant)))
-    for where, values in checks:
-        try:
-            build_config(overrides={**base, **values})
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {where}: {err}") from None
+        _config_or_error(space, variant, f"variants[{i}]")
     # combinations (cross-field rules such as checkpoint_every % val_every), capped to keep loading instant
     axes = [[(p.key, v) for v in p.candidates()] for p in space.params]
     if space.variants:
         axes.append([("variant", i) for i in range(len(space.variants))])
-    if math.prod(len(a) for a in axes) <= 4096:
+    if math.prod(len(a) for a in axes) <= MAX_COMBINATIONS:
         for combo in itertools.product(*axes):
-            values = {}
-            for key, value in combo:
-                values.update(space.variants[value] if key == "variant" else {key: value})
-            try:
-                build_config(overrides={**base, **values})
-            except ConfigError as err:
-                shown = ", ".join(f"{k}={v!r}" for k, v in combo)
-                raise ConfigError(f"{path}: the combination {shown}: {err}") from None
+            shown = ", ".join(f"{k}={v!r}" for k, v in combo)
+            _config_or_error(space, space.trial_values(dict(combo)), f"the combination {shown}")
 
 
-def parse_space(data: dict[str, Any], *, path: str = "<space>", name: str | None = None) -> SearchSpace:
-    """Validate a search-space mapping (see the module docstring) into a :class:`SearchSpace`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a search space must be a mapping, got {type(data).__name__}")
-    unknown = [k for k in data if k not in TOP_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown search-space key '{unknown[0]}'{close_matches(str(unknown[0]), TOP_KEYS)}; "
-            f"valid keys: {', '.join(TOP_KEYS)}"
-        )
-    valid = all_keys(ExperimentConfig)
-
-    if "base_preset" in data and "base_config" in data:
-        raise ConfigError(f"{path}: give base_preset or base_config, not both")
-    if "base_config" in data:
-        base_file = Path(data["base_config"])
-        if not base_file.is_absolute() and path != "<space>":
-            base_file = Path(path).parent / base_file
-        base = load_config_file_dict(base_file)
-    else:
-        base = load_preset_dict(str(data.get("base_preset", "default")))
-    overrides = data.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{path}: overrides must be a mapping of dotted keys to values")
-    for key, value in overrides.items():
-        set_dotted(base, _check_key(key, f"{path}: overrides", valid), value)
-
-    params_raw = data.get("params") or {}
-    if not isinstance(params_raw, dict):
-        raise ConfigError(f"{path}: params must be a mapping of dotted keys to distributions")
-    params = tuple(
-        _parse_param(_check_key(k, f"{path}: params", valid), v, f"{path}: params.{k}") for k, v in params_raw.items()
+def _check_horizon(space: SearchSpace) -> None:
+    """ASHA's max_t must be reachable within the base config's training length."""
+    s, cfg = space.scheduler, space.base
+    if s is None:
+        return
+    horizon = cfg.optim.max_steps if s.time_attr == "step" else cfg.optim.max_steps // cfg.train.val_every
+    check(
+        s.max_t <= horizon,
+        "scheduler.max_t",
+        f"{s.max_t} {s.time_attr}s is beyond the base config's training length ({horizon}); ASHA could never reach it",
     )
-    variants_raw = data.get("variants") or []
-    if not isinstance(variants_raw, list) or not all(isinstance(v, dict) and v for v in variants_raw):
-        raise ConfigError(f"{path}: variants must be a list of non-empty mappings of dotted keys to values")
-    for i, variant in enumerate(variants_raw):
-        for key in variant:
-            _check_key(key, f"{path}: variants[{i}]", valid)
-            if key in params_raw:
-                raise ConfigError(f"{path}: variants[{i}]: '{key}' is also in params; vary it in one place")
-    if not params and not variants_raw:
-        raise ConfigError(f"{path}: nothing to search: give params and/or variants")
 
-    metric = data.get("metric", "val_abs_rel")
-    if metric not in METRICS:
-        raise ConfigError(f"{path}: metric: unknown metric '{metric}'{close_matches(str(metric), METRICS)}")
-    mode = data.get("mode", "min")
-    if mode not in ("min", "max"):
-        raise ConfigError(f"{path}: mode: expected 'min' or 'max', got {mode!r}")
-    num_samples = data.get("num_samples", 1)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"{path}: num_samples: expected an integer >= 1, got {num_samples!r}")
-    seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{path}: seed: expected an integer, got {seed!r}")
 
-    scheduler = _parse_scheduler(data.get("scheduler", {"type": "asha"}), path)
-    resources = data.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise ConfigError(f"{path}: resources must be a mapping")
-    bad = [k for k in resources if k not in ("cpus_per_trial", "gpus_per_trial")]
-    if bad:
-        raise ConfigError(
-            f"{path}: resources: unknown key '{bad[0]}'"
-            + close_matches(str(bad[0]), ("cpus_per_trial", "gpus_per_trial"))
-        )
-    cpus = _number(resources.get("cpus_per_trial", 0.01), f"{path}: resources.cpus_per_trial")
-    gpus = _number(resources.get("gpus_per_trial", 0), f"{path}: resources.gpus_per_trial")
-    if cpus <= 0:
-        raise ConfigError(f"{path}: resources.cpus_per_trial: must be > 0 (Ray rejects 0), got {cpus}")
-    if gpus < 0:
-        raise ConfigError(f"{path}: resources.gpus_per_trial: must be >= 0, got {gpus}")
-    concurrent = data.get("max_concurrent_trials")
-    if concurrent is not None and (isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1):
-        raise ConfigError(f"{path}: max_concurrent_trials: expected an integer >= 1 or null, got {concurrent!r}")
-    budget = data.get("time_budget_s")
-    if budget is not None and _number(budget, f"{path}: time_budget_s") <= 0:
-        raise ConfigError(f"{path}: time_budget_s: must be > 0, got {budget}")
+# ----------------------------------------------------------------------------------------------------- loading
 
-    space = SearchSpace(
-        name=name or (Path(path).stem if path != "<space>" else "search"),
-        base=base,
-        params=params,
-        variants=tuple(dict(v) for v in variants_raw),
-        metric=metric,
-        mode=mode,
-        num_samples=num_samples,
-        scheduler=scheduler,
-        cpus_per_trial=float(cpus),
-        gpus_per_trial=float(gpus),
-        max_concurrent_trials=concurrent,
-        seed=seed,
-        time_budget_s=budget,
-        source=data,
-    )
-    _validate_values(space, path)
-    if scheduler is not None:
-        cfg = space.base_config()
-        horizon = cfg.optim.max_steps if scheduler.time_attr == "step" else cfg.optim.max_steps // cfg.train.val_every
-        if scheduler.max_t > horizon:
-            raise ConfigError(
-                f"{path}: scheduler.max_t: {scheduler.max_t} {scheduler.time_attr}s is beyond the base config's "
-                f"training length ({horizon}); ASHA could never reach it"
-            )
+
+def _with_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with extra fixed overrides (``key=value`` strings as ``--set`` takes them, or a mapping) added to its
+    ``overrides`` (a key given in both takes the new value)."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    extra = dict(overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides))
+    if not extra:
+        return data
+    current = data.get("overrides") or {}
+    return {**data, "overrides": {**current, **extra} if isinstance(current, dict) else current}
+
+
+def parse_space(
+    data: Any,
+    *,
+    path: str = "<space>",
+    name: str | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> SearchSpace:
+    """Validate a search-space mapping (see the module docstring) into a :class:`SearchSpace`; ``overrides`` are
+    added to its ``overrides``. Every error is a ConfigError that starts with ``path``."""
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a search space must be a mapping, got {type(data).__name__}")
+        data = _with_overrides(data, overrides)
+        spec = from_dict(SpaceFile, {k: v for k, v in data.items() if v is not None or k not in NULL_MEANS_EMPTY})
+        space = spec.resolve(path=path, name=name, source=data)
+        _validate_values(space)
+        _check_horizon(space)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return space
 
 
-def _parse_scheduler(raw: Any, path: str) -> SchedulerSpec | None:
-    if raw is None or raw == {"type": "none"} or raw == "none":
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: scheduler must be a mapping like {{type: asha, ...}} or null")
-    bad = [k for k in raw if k not in SCHEDULER_KEYS]
-    if bad:
-        raise ConfigError(f"{path}: scheduler: unknown key '{bad[0]}'{close_matches(str(bad[0]), SCHEDULER_KEYS)}")
-    if raw.get("type", "asha") != "asha":
-        raise ConfigError(f"{path}: scheduler.type: only 'asha' (or scheduler: null) is supported, got {raw['type']!r}")
-    spec = SchedulerSpec(**{k: v for k, v in raw.items() if k != "type"})
-    if spec.time_attr not in TIME_ATTRS:
-        raise ConfigError(
-            f"{path}: scheduler.time_attr: expected one of {', '.join(TIME_ATTRS)}, got {spec.time_attr!r}"
-            f"{close_matches(str(spec.time_attr), TIME_ATTRS)}"
-        )
-    for key in ("max_t", "grace_period"):
-        value = getattr(spec, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: scheduler.{key}: expected an integer >= 1, got {value!r}")
-    if spec.grace_period > spec.max_t:
-        raise ConfigError(f"{path}: scheduler.grace_period: must be <= max_t ({spec.max_t}), got {spec.grace_period}")
-    if _number(spec.reduction_factor, f"{path}: scheduler.reduction_factor") <= 1:
-        raise ConfigError(f"{path}: scheduler.reduction_factor: must be > 1, got {spec.reduction_factor}")
-    return spec
+def shipped_spaces() -> dict[str, Path]:
+    """Name -> file of every search space shipped in the package (``dad_ray/tune/spaces/*.yaml``)."""
+    files = resources.files(SPACES_PACKAGE)
+    yamls = sorted((f for f in files.iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
+    return {f.name[: -len(".yaml")]: Path(str(f)) for f in yamls}
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
-    """A path to a YAML file, or the stem of a file shipped in ``search_spaces/``."""
+    """A path to a YAML file, or the name of a space shipped with the package (``loss_weights``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = Path(__file__).resolve().parents[2] / "search_spaces"
-    candidate = shipped / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    names = sorted(p.stem for p in shipped.glob("*.yaml"))
-    hint = close_matches(str(name_or_path), names)
-    raise ConfigError(f"search space '{name_or_path}' not found{hint}; shipped: {', '.join(names)}")
+    shipped = shipped_spaces()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    hint = close_matches(path.stem, shipped)
+    raise ConfigError(f"search space '{name_or_path}' not found{hint}; shipped: {', '.join(shipped)}")
 
 
-def load_space(name_or_path: str | os.PathLike, *, name: str | None = None) -> SearchSpace:
+def load_space(
+    name_or_path: str | os.PathLike,
+    *,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    name: str | None = None,
+) -> SearchSpace:
+    """Read a search space: a YAML file or a shipped space's name, plus extra fixed overrides (``key=value`` strings
+    as ``--set`` takes them, or a mapping). The experiment name is ``name``, else the file's stem. (An experiment's
+    own ``space.yaml`` is read by :func:`dad_ray.tune.driver.load_experiment_space`.)"""
     path = resolve_space_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"search space {path} is not valid YAML: {err}") from None
-    return parse_space(data, path=str(path), name=name)
+    return parse_space(read_yaml_mapping(path, "search space"), path=str(path), name=name, overrides=overrides)
 
 
-def space_to_yaml(space: SearchSpace) -> str:
-    return yaml.safe_dump(space.source, sort_keys=False)
-
-
-__all__ = ["Param", "SchedulerSpec", "SearchSpace", "load_space", "parse_space", "resolve_space_path"]
+__all__ = [
+    "Distribution",
+    "Param",
+    "ResourcesSpec",
+    "SchedulerSpec",
+    "SearchSpace",
+    "SpaceFile",
+    "load_space",
+    "parse_space",
+    "resolve_space_path",
+    "shipped_spaces",
+]

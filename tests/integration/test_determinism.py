@@ -38,7 +38,9 @@ def _distill(workdir: Path, name: str, assets, env: dict[str, str]) -> Path:
 
 def _busy_process() -> subprocess.Popen:
     """A process that keeps one core busy until this test stops it."""
-    return subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 900\nwhile time.time() < end: pass"])
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 900\nwhile time.time() < end: pass"]
+    )
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """The one config path: validation, presets, precedence, dict round trip."""
 
 import argparse
+import dataclasses
+from typing import Any, Literal
 
 import pytest
 import yaml
@@ -17,6 +19,7 @@ from dad_ray.config import (
     save_config,
     to_dict,
 )
+from dad_ray.config.core import check
 
 
 def test_defaults_validate_and_round_trip_through_plain_dict():
@@ -115,3 +118,66 @@ def test_configs_are_frozen():
     cfg = ExperimentConfig()
     with pytest.raises(AttributeError):
         cfg.loss.lambda_lg = 3.0  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------ from_dict extensions (search spaces)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    KEY_NOUN = "field"  # a file format of its own: "unknown field 'x'" under its prefix
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.low < self.high, "high", f"must be > low, got {self.high}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    items: dict[str, _Inner] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inner: _Inner | Literal["none"] | None = None
+    mode: Literal["min", "max"] = "min"
+
+
+def test_dict_field_converts_each_value_and_names_its_key():
+    out = from_dict(_Outer, {"items": {"a.b": {"low": 1, "high": 2}}, "extra": {"k": [1, 2]}})
+    assert out.items == {"a.b": _Inner(1.0, 2.0)} and isinstance(out.items["a.b"].low, float)
+    assert out.extra == {"k": [1, 2]}
+    with pytest.raises(ConfigError, match=r"^items\.a\.b\.high: must be > low, got 0\.5$"):
+        from_dict(_Outer, {"items": {"a.b": {"high": 0.5, "low": 1}}})
+    with pytest.raises(ConfigError, match=r"^items\.x\.low: expected float, got str 'a'$"):
+        from_dict(_Outer, {"items": {"x": {"low": "a"}}})
+    with pytest.raises(ConfigError, match=r"^items: expected mapping of str to mapping \(_Inner\), got list"):
+        from_dict(_Outer, {"items": ["x"]})
+    with pytest.raises(ConfigError, match=r"^extra: keys must be strings, got int 1$"):
+        from_dict(_Outer, {"extra": {1: "x"}})
+
+
+def test_key_noun_words_unknown_keys_under_their_prefix():
+    with pytest.raises(
+        ConfigError, match=r"^items\.a: unknown field 'hihg' \(did you mean high\?\); valid fields: low, high$"
+    ):
+        from_dict(_Outer, {"items": {"a": {"hihg": 2}}})
+    # without KEY_NOUN: the experiment config's wording, unchanged
+    with pytest.raises(ConfigError, match=r"^unknown config key 'mdoe' \(did you mean mode\?\); valid keys: "):
+        from_dict(_Outer, {"mdoe": "min"})
+
+
+def test_union_with_a_config_class_reports_the_classs_own_error():
+    assert from_dict(_Outer, {"inner": None}).inner is None
+    assert from_dict(_Outer, {"inner": "none"}).inner == "none"
+    assert from_dict(_Outer, {"inner": {"high": 3}}).inner == _Inner(0.0, 3.0)
+    with pytest.raises(ConfigError, match=r"^inner\.high: must be > low, got -1\.0$"):
+        from_dict(_Outer, {"inner": {"high": -1}})
+    with pytest.raises(ConfigError, match=r"^inner: expected mapping \(_Inner\) or one of 'none' or null, got 'x'$"):
+        from_dict(_Outer, {"inner": "x"})
+
+
+def test_literal_error_names_close_matches():
+    with pytest.raises(ConfigError, match=r"^mode: expected one of 'min', 'max', got 'mn' \(did you mean min\?\)$"):
+        from_dict(_Outer, {"mode": "mn"})
+    with pytest.raises(ConfigError, match=r"loss\.normalization: .*got 'hybird' \(did you mean hybrid\?\)"):
+        build_config(overrides={"loss.normalization": "hybird"})

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dad_ray.config import ConfigError
-from dad_ray.tune.space import load_space, parse_space
+from dad_ray.config import ConfigError, ExperimentConfig
+from dad_ray.tune.space import load_space, parse_space, resolve_space_path, shipped_spaces
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
+SPACES = REPO / "dad_ray" / "tune" / "spaces"
+SHIPPED = sorted(SPACES.glob("*.yaml"))
 
 
 def smoke(**changes):
-    data = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    data = yaml.safe_load((SPACES / "smoke.yaml").read_text())
     for key, value in changes.items():
         if value is None:
             data.pop(key, None)
@@ -171,3 +174,98 @@ def test_list_items_are_addressed_by_index():
     assert space.base_config().model.teachers[0].weights == "/x/teacher.safetensors"
     with pytest.raises(ConfigError, match=r"unknown config key 'model\.teachers\.0\.weight'"):
         parse_space(smoke(overrides={"model.teachers.0.weight": "/x"}))
+
+
+# ------------------------------------------------------------------ one loading path: names, files, --set overrides
+
+
+def test_shipped_name_resolves_from_package_data_not_the_repo_layout(tmp_path, monkeypatch):
+    import dad_ray.tune
+
+    monkeypatch.chdir(tmp_path)  # nothing relative to the working directory (or to a checkout) is looked at
+    package_dir = (Path(dad_ray.tune.__file__).parent / "spaces").resolve()
+    path = resolve_space_path("loss_weights")
+    assert path.resolve() == package_dir / "loss_weights.yaml"
+    assert {"loss_weights", "crop_sizes", "smoke", "default", "ablation"} <= set(shipped_spaces())
+    assert all(p.resolve().parent == package_dir for p in shipped_spaces().values())
+    assert not (REPO / "search_spaces").exists()
+    # a non-editable install ships them: they are package data of dad_ray.tune.spaces
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"dad_ray.tune.spaces" = ["*.yaml"]' in pyproject
+    assert load_space("loss_weights").path == str(path)
+
+
+def test_user_files_by_path_with_a_base_config_relative_to_the_space(tmp_path, monkeypatch):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"base": "smoke", "optim": {"max_steps": 24}}))
+    space_file = tmp_path / "spaces" / "mine.yaml"
+    space_file.write_text(yaml.safe_dump({**smoke(base_preset=None), "base_config": "../base.yaml"}))
+    monkeypatch.chdir(tmp_path)
+    space = load_space("spaces/mine.yaml")
+    assert space.name == "mine" and space.path == "spaces/mine.yaml"
+    assert isinstance(space.base, ExperimentConfig) and space.base.optim.max_steps == 24
+    assert space.base.data.crop_size == 56 and space.base.train.image_every == 0  # smoke, then the space's overrides
+
+
+def test_missing_space_names_the_shipped_one_it_resembles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"'search_spaces/loss_weights\.yaml' not found \(did you mean loss_weights"):
+        load_space("search_spaces/loss_weights.yaml")
+
+
+def test_set_overrides_join_the_space_overrides():
+    space = load_space("smoke", overrides=["optim.max_steps=24", "train.image_every=5"], name="exp")
+    assert space.name == "exp"
+    assert space.base.optim.max_steps == 24 and space.base.train.image_every == 5  # a --set beats the file
+    assert space.source["overrides"] == {**smoke()["overrides"], "optim.max_steps": 24, "train.image_every": 5}
+    as_mapping = load_space("smoke", overrides={"optim.max_steps": 24})
+    assert as_mapping.base == replace(space.base, train=replace(space.base.train, image_every=0))
+    with pytest.raises(ConfigError, match=r"smoke\.yaml: override 'optim\.lr' must look like key=value"):
+        load_space("smoke", overrides=["optim.lr"])
+    with pytest.raises(ConfigError, match=r"smoke\.yaml: overrides: unknown config key 'optim\.lrr'"):
+        load_space("smoke", overrides=["optim.lrr=1"])
+
+
+def test_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(smoke(params={"optim.lr": {"uniform": [1e-3, 1e-4]}})))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: params\.optim\.lr\.uniform: low must be < high"):
+        load_space(bad)
+    bad.write_text("params: [")
+    with pytest.raises(ConfigError, match=rf"search space {re.escape(str(bad))} is not valid YAML"):
+        load_space(bad)
+
+
+def test_null_sections_are_empty_and_scheduler_none_means_no_scheduler():
+    for scheduler in (None, "none", {"type": "none"}):
+        data = {**smoke(), "scheduler": scheduler, "overrides": None, "resources": None, "variants": None}
+        space = parse_space(data)
+        assert space.scheduler is None and space.cpus_per_trial == 0.01 and space.variants == ()
+        assert space.base == parse_space(smoke(overrides={})).base
+
+
+def test_searched_keys_must_not_lie_inside_one_another():
+    with pytest.raises(ConfigError, match=r"'model\.teachers\.0\.weights' lies inside 'model\.teachers'"):
+        parse_space(
+            smoke(
+                params={"model.teachers.0.weights": {"choice": ["/a", "/b"]}},
+                variants=[{"model.teachers": [{"name": "dav2_vits"}]}],
+            )
+        )
+
+
+def test_experiment_space_keeps_its_name_and_makes_paths_absolute(tmp_path, monkeypatch):
+    from dad_ray.tune.driver import SPACE_FILE, load_experiment_space
+
+    exp_dir = tmp_path / "exp_renamed"
+    exp_dir.mkdir()
+    data = smoke()
+    data["overrides"] = {**data["overrides"], "data.root": "rel/data", "model.teachers.0.weights": "rel/t.pt"}
+    (exp_dir / SPACE_FILE).write_text(yaml.safe_dump({**data, "_name": "exp"}))
+    monkeypatch.chdir(tmp_path)
+    space = load_experiment_space(exp_dir)
+    assert space.name == "exp"
+    assert space.base.data.root == str(tmp_path / "rel" / "data")
+    assert space.base.model.teachers[0].weights == str(tmp_path / "rel" / "t.pt")
+    assert Path(space.base.train.output).is_absolute()
+    assert space.source == data  # the written name is not part of the space
