@@ -3,8 +3,9 @@
     python jobs/benchmark.py losses [--batch 8] [--size 392] [--repeats 5] [--normalization hybrid] [--threads N]
 
 Both sides get the same random student (requires grad), teacher and mask (10 % of pixels invalid); the loop is the
-straightforward implementation (HDN-style): for every image, every level S and every segment, select the pixels,
-``torch.median`` + mean absolute deviation, accumulate |N(s) − N(t)|. The two results are checked to agree before
+straightforward implementation (HDN-style) in :mod:`dad_ray.losses.reference`, the one the unit tests also check
+the vectorised loss against: for every image, every level S and every segment, select the pixels, ``torch.median``
++ mean absolute deviation, accumulate |N(s) − N(t)|. The two results are checked to agree before
 timing. Prints the median and min times of ``--repeats`` runs after one warm-up and their ratio (goal >= 20x).
 """
 
@@ -18,39 +19,9 @@ import time
 import torch
 
 from dad_ray.losses import dis_loss
-from dad_ray.losses.normalize import LEVELS, MAD_EPS
+from dad_ray.losses.reference import loop_dis_loss
 
 logger = logging.getLogger(__name__)
-
-
-def loop_dis_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, normalization: str) -> torch.Tensor:
-    """The per-image / per-context loop L_Dis (same definition as :func:`dad_ray.losses.dis_loss`)."""
-    values = []
-    for s_img, t_img, m_img in zip(student, teacher.detach(), mask):
-        if not m_img.any():
-            continue
-        s, t = s_img[m_img], t_img[m_img]
-        if normalization == "none":
-            values.append((s - t).abs().mean())
-            continue
-        levels = LEVELS[normalization]
-        lo, hi = t.min(), t.max()
-        u = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
-        per_pixel = torch.zeros_like(s)
-        for n_seg in levels:
-            seg = torch.clamp(torch.floor(u * n_seg), max=n_seg - 1)
-            for j in range(n_seg):
-                sel = seg == j
-                if not sel.any():
-                    continue
-                normed = []
-                for x in (s[sel], t[sel]):
-                    med = torch.median(x)
-                    mad = (x - med).abs().mean()
-                    normed.append((x - med) / torch.clamp(mad, min=MAD_EPS))
-                per_pixel = per_pixel.index_put((sel.nonzero(as_tuple=True)[0],), (normed[0] - normed[1]).abs(), True)
-        values.append(per_pixel.mean() / len(levels))
-    return torch.stack(values).mean() if values else student.sum() * 0.0
 
 
 def _time(fn, student: torch.Tensor, repeats: int) -> tuple[float, float]:

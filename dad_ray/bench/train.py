@@ -45,9 +45,9 @@ def fixed_batch(cfg: ExperimentConfig, batch_size: int, device: torch.device) ->
 def timed_steps(cfg: ExperimentConfig, device: torch.device, steps: int, warmup: int, report=None) -> float:
     """images/s of ``steps`` optimizer steps of the real step function (after ``warmup``); ``report(i)`` is called
     every ``train.log_every`` steps (the Ray side passes ``ray.train.report``)."""
-    from dad_ray.train.loop import autocast_context
     from dad_ray.train.schedule import build_optimizer
     from dad_ray.train.task import StudentTask, TeacherPool, build_student, compute_losses
+    from dad_ray.train.worker import autocast_context
 
     torch.manual_seed(0)
     teachers = TeacherPool(cfg.model.teachers, device, seed=0)
@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> str:
         cfg = replace(cfg, model=replace(cfg.model, teachers=tuple(teachers)))
         device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
         if device.type == "cpu":
-            torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))  # the Ray worker gets the same threads
+            from dad_ray.train.worker import torch_threads
+
+            torch.set_num_threads(torch_threads(cfg))  # the Ray worker gets the same threads
         plain = timed_steps(cfg, device, args.steps, args.warmup)
         ray_ips, ray_wall = run_ray(cfg, args.steps, args.warmup)
     ratio = ray_ips / plain

@@ -1,4 +1,5 @@
-"""Distributed distillation with Ray Train: driver (trainer), worker loop, schedule, checkpoints, monitoring.
+"""Distributed distillation with Ray Train: the experiment (validate, prepare, run, report), the trainer
+(``TorchTrainer`` build and fit), the worker loop, schedule, checkpoints, monitoring.
 
 The driver API is imported lazily so that light modules (``schedule``, ``autobatch``) import without Ray Train.
 """
@@ -8,18 +9,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = [
-    "build_trainer",
-    "fit",
-    "format_metrics_table",
-    "prepare_experiment",
-    "run_dir",
-    "run_experiment",
-    "validate_experiment",
-]
+# public name -> the module of dad_ray.train that defines it
+_API = {
+    "build_trainer": "trainer",
+    "fit": "trainer",
+    "run_dir": "trainer",
+    "format_metrics_table": "experiment",
+    "prepare_experiment": "experiment",
+    "run_experiment": "experiment",
+    "validate_experiment": "experiment",
+}
+
+__all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("dad_ray.train.trainer"), name)
+    if name in _API:
+        return getattr(importlib.import_module(f"dad_ray.train.{_API[name]}"), name)
     raise AttributeError(f"module 'dad_ray.train' has no attribute {name!r}")

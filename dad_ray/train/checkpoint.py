@@ -8,15 +8,17 @@ Layout of one checkpoint directory (Ray merges the files every rank writes into 
     rng_rank{R}.pt          each rank's torch / CUDA / NumPy / Python RNG states
 
 ``trainer_state.pt`` and ``rng_rank*.pt`` hold only tensors and plain Python containers, so they load with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. A worker names what it checkpoints once, as :class:`Checkpointed`, and saves and
+restores that same unit.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -123,3 +125,56 @@ def load_checkpoint(
         step=blob["step"], epoch=blob["epoch"], val_round=blob["val_round"], best_abs_rel=blob["best_abs_rel"]
     )
     return state, blob["extra"]
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict``/``load_state_dict`` of plain containers (e.g. the teacher pool's draw state)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """The parts of a worker that a checkpoint carries, named once for both directions (save and resume).
+
+    ``extra_modules`` land under ``trainer_state.pt["modules"]``, ``extra_state`` (e.g. ``{"teachers": pool}``) under
+    ``["extra"]`` as each object's ``state_dict()``; the on-disk layout is :func:`save_checkpoint`'s.
+    """
+
+    student: torch.nn.Module
+    extra_modules: Mapping[str, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    extra_state: Mapping[str, Stateful] = field(default_factory=dict)
+
+    def save(self, directory: str | Path, *, rank: int, state: TrainState, cfg: ExperimentConfig) -> Path:
+        """This rank's part of a checkpoint of these parts at ``state`` (see :func:`save_checkpoint`)."""
+        return save_checkpoint(
+            directory,
+            rank=rank,
+            student=self.student,
+            extra_modules=dict(self.extra_modules),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=state,
+            cfg=cfg,
+            extra_state={key: obj.state_dict() for key, obj in self.extra_state.items()},
+        )
+
+    def load(self, directory: str | Path, *, rank: int) -> TrainState:
+        """Restore these parts (and this rank's RNG) from a checkpoint; returns its counters. An ``extra_state``
+        entry the checkpoint lacks keeps its current state."""
+        state, extra = load_checkpoint(
+            directory,
+            rank=rank,
+            student=self.student,
+            extra_modules=dict(self.extra_modules),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
+        for key, obj in self.extra_state.items():
+            if key in extra:
+                obj.load_state_dict(extra[key])
+        return state

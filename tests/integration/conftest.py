@@ -1,6 +1,7 @@
-"""Shared by the integration modules: the smoke preset's synthetic shards and its bootstrapped teacher, made once per
-test session (by ``prepare_experiment`` in a subprocess with its own local Ray, exactly as ``jobs/distill.py`` does
-before training) and then only read by the runs of every module, whatever cluster they start."""
+"""Shared by the integration modules: the ``slow`` marker on every one of their tests, and the smoke preset's
+synthetic shards and its bootstrapped teacher, made once per test session (by ``prepare_experiment`` in a subprocess
+with its own local Ray, exactly as ``jobs/distill.py`` does before training) and then only read by the runs of every
+module, whatever cluster they start."""
 
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ prepare_experiment(build_config("smoke", overrides={
     "data.root": sys.argv[1], "model.teachers.0.weights": sys.argv[2], "train.output": sys.argv[3],
 }))
 """
+
+
+INTEGRATION = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test in tests/integration starts a real Ray cluster (or a job on one): all are ``slow``, so that
+    ``pytest -m "not slow"`` is the quick loop and plain ``pytest`` the full suite. (A conftest's collection hook
+    sees the whole session's items: only those under this directory are marked.)"""
+    for item in items:
+        if INTEGRATION in item.path.resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,8 @@ class RayHead:
     dashboard_url: str
     env: dict[str, str]  # environment for the `ray` CLI (auth token, loopback) talking to this head
     log_path: Path
+    python: str = ""  # the interpreter that runs the head (``ray start``'s process), as it was invoked
+    prefix: str = ""  # that interpreter's ``sys.prefix``: the environment the head runs in
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -236,7 +238,8 @@ def _kill_group(process: subprocess.Popen, temp_dir: str, grace_s: float = 5) ->
 def ray_head(num_cpus: int = 4, startup_timeout_s: float = 180) -> Iterator[RayHead]:
     """``ray start --head --block`` on 127.0.0.1 with token auth (a fresh random token, not ~/.ray/auth_token), the
     dashboard on 127.0.0.1 only, every port picked free, a private temp dir, and this virtualenv's ``bin`` first on
-    PATH (a job's ``python`` resolves there). Yields once the job API answers; always stops what it started."""
+    PATH (a job's ``python`` resolves there). Yields once the job API answers, with the interpreter and environment
+    (``python``, ``prefix``) the head runs in read from its process; always stops what it started."""
     temp_dir = short_temp_dir("rh")
     ports, worker_lo = ports_and_worker_range(9, span=200)
     gcs, dash, client, agent_listen, agent_grpc, runtime_env, node_mgr, obj_mgr, metrics = ports
@@ -266,11 +269,24 @@ def ray_head(num_cpus: int = 4, startup_timeout_s: float = 180) -> Iterator[RayH
     head = RayHead(process, temp_dir, f"{LOOPBACK}:{gcs}", f"http://{LOOPBACK}:{dash}", env, log_path)
     try:
         _wait_for_job_api(head, startup_timeout_s)
+        head.python, head.prefix = _interpreter_of(process.pid)
         logger.info("ray head at %s, dashboard %s (%s)", head.gcs_address, head.dashboard_url, temp_dir)
         yield head
     finally:
         _kill_group(process, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _interpreter_of(pid: int) -> tuple[str, str]:
+    """(interpreter, its ``sys.prefix``) of the Python process ``pid``: ``argv[0]`` of a script the kernel started
+    through its shebang (``ray`` is one), asked for its prefix. Read from the process itself, not from where this
+    test expects the environment to live."""
+    argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    python = argv[0].decode()
+    out = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise RuntimeError(f"cannot ask the head's interpreter {python!r} (pid {pid}) for its prefix: {out.stderr}")
+    return python, out.stdout.strip()
 
 
 def _wait_for_job_api(head: RayHead, timeout_s: float) -> None:

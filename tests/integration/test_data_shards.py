@@ -25,6 +25,7 @@ from dad_ray.data import (
     train_dataset,
 )
 from dad_ray.data.fixtures import scene, write_folders, write_mat, write_sync
+from dad_ray.data.shards import read_row_group, row_groups, shard_files
 
 ray = pytest.importorskip("ray")
 
@@ -238,7 +239,39 @@ def test_eval_dataset_order_and_shapes(synth_root):
     np.testing.assert_array_equal(keyed[2]["depth"], stored["synthetic_test_000002"]["depth"])
 
 
+def stored_units(root: str, split: str = "train") -> list[list[int]]:
+    """The ``index`` of every row of every unit of work (a Parquet row group), units in shard order, rows in stored
+    order."""
+    manifest, files, fs = shard_files(root, split)
+    return [read_row_group(fs, u["path"], u["row_group"])["index"] for u in row_groups(manifest, files)]
+
+
+def unit_sequence(order: list[int], units: list[list[int]]) -> list[int]:
+    """The units (positions in ``units``) in the order the rows came, after checking that the rows came unit by
+    unit: each unit once, whole, its rows in stored order."""
+    unit_of = {index: u for u, rows in enumerate(units) for index in rows}
+    seq = [unit_of[index] for index in order]
+    sequence = [u for k, u in enumerate(seq) if k == 0 or seq[k - 1] != u]
+    assert sorted(sequence) == list(range(len(units))), sequence  # every unit exactly once, in one contiguous run
+    assert order == [index for u in sequence for index in units[u]]  # ... with its rows in stored order
+    return sequence
+
+
 def test_no_shuffle_buffer(synth_root):
+    """With ``shuffle_buffer=0`` rows come unit by unit (row group by row group, rows in stored order), the units in
+    the order ``randomize_block_order`` draws from (seed, the dataset's execution index = epoch): the same order for
+    the same seed and epoch whichever dataset object runs it, and a new one every epoch and for another seed."""
     cfg = dataclasses.replace(data_cfg(synth_root), shuffle_buffer=0)
-    _rows, order = epoch_rows(train_dataset(cfg, seed=0), cfg, 0)
-    assert len(order) == 12
+    units = stored_units(synth_root)
+    assert len(units) >= 4 and sorted(i for rows in units for i in rows) == list(range(12))  # the check has teeth
+    first, second = train_dataset(cfg, seed=0), train_dataset(cfg, seed=0)
+    epochs_first = [epoch_rows(first, cfg, epoch) for epoch in range(2)]  # executions 0 and 1 of one dataset
+    epochs_second = [epoch_rows(second, cfg, epoch) for epoch in range(2)]
+    orders = [order for _rows, order in epochs_first]
+    sequences = [unit_sequence(order, units) for order in orders]
+    assert epochs_second == epochs_first  # same seed, same epoch: same order and same rows, in another dataset
+    assert sequences[1] != sequences[0]  # the unit order is drawn again every epoch
+    other_seed = unit_sequence(epoch_rows(train_dataset(cfg, seed=1), cfg, 0)[1], units)
+    assert other_seed != sequences[0]
+    # no buffer: train_batches' epoch argument (the buffer's seed) plays no part; the execution index alone does
+    assert epoch_rows(train_dataset(cfg, seed=0), cfg, 7)[1] == orders[0]

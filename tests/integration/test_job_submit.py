@@ -1,16 +1,20 @@
 """`ray job submit --working-dir .` against a local `ray start --head` (127.0.0.1, token auth, private temp dir and
-ports): status, exit code and logs come back; the uploaded working dir leaves out .venv/, runs/, data/; a wrong token
-is refused; the smoke distillation runs as a job."""
+ports): what only a submitted job shows. Status, exit code and logs come back through the job API and the CLI; the job
+runs the uploaded copy of the repo (without .venv/, runs/, data/) with the interpreter of the head's environment;
+``dad_ray.runtime`` joins the head's cluster instead of starting its own; the jobs' CLIs get their arguments intact
+and write their outputs; a wrong token is refused."""
 
 from __future__ import annotations
 
 import json
-import shlex
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 from ray_local import ray_head
+
+from dad_ray.config import build_config, config_to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 EXCLUDED = (".venv", "runs", "data", ".git")  # must never be uploaded with --working-dir .
@@ -49,11 +53,20 @@ def logs_of(head, job_id: str) -> str:
     return result.stdout
 
 
+def probe_report(text: str, tag: str) -> dict:
+    """The JSON a probe job printed after ``tag`` (exactly one such line in ``text``)."""
+    lines = [line for line in text.splitlines() if line.startswith(tag + " ")]
+    assert len(lines) == 1, text[-4000:]
+    return json.loads(lines[0][len(tag) + 1 :])
+
+
 PROBE = """
-import os, sys
+import json, os, sys
+import dad_ray
 missing = [p for p in ("dad_ray", "jobs/distill.py", "pyproject.toml") if not os.path.exists(p)]
 leaked = [p for p in sys.argv[1:] if os.path.exists(p)]
-print("PROBE cwd=%s python=%s missing=%s leaked=%s" % (os.getcwd(), sys.executable, missing, leaked))
+print("PROBE " + json.dumps({"cwd": os.getcwd(), "python": sys.executable, "prefix": sys.prefix,
+                             "dad_ray": dad_ray.__file__, "missing": missing, "leaked": leaked}))
 sys.exit(1 if missing or leaked else 0)
 """
 
@@ -63,13 +76,18 @@ def test_job_succeeds_uploads_the_repo_without_local_state_and_logs_come_back(he
     assert ".venv" in present or ".git" in present  # the check below is not vacuous
     job_id, result = submit(head, ["python", "-c", PROBE, *present])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "PROBE" in result.stdout and "leaked=[]" in result.stdout and "missing=[]" in result.stdout
+    tailed = probe_report(result.stdout, "PROBE")  # `ray job submit` tails the job's logs
     assert status_of(head, job_id) == ("SUCCEEDED", 0)
-    logs = logs_of(head, job_id)
-    assert "leaked=[]" in logs
-    # the job ran with this virtualenv's python (the head's PATH), in an unpacked copy of the repo
-    assert str(REPO / ".venv") in logs or ".venv/bin/python" in logs
-    assert f"cwd={REPO}" not in logs
+    probe = probe_report(logs_of(head, job_id), "PROBE")  # ... and the job API keeps them
+    assert probe == tailed
+    assert probe["leaked"] == [] and probe["missing"] == []
+    # it ran with the interpreter of the head's environment, wherever that environment lives
+    assert probe["prefix"] == head.prefix
+    assert os.path.samefile(probe["python"], head.python)
+    # in an unpacked copy of the repo, whose package it imported (not the checkout's, not an installed one)
+    cwd = os.path.realpath(probe["cwd"])
+    assert cwd != str(REPO.resolve())
+    assert os.path.realpath(probe["dad_ray"]) == os.path.join(cwd, "dad_ray", "__init__.py")
 
 
 def test_failing_job_reports_failed_and_a_nonzero_exit(head):
@@ -86,23 +104,50 @@ def test_wrong_token_is_refused(head):
     assert "auth" in (result.stdout + result.stderr).lower()
 
 
-def test_smoke_distillation_as_a_job(head, tmp_path, smoke_assets):
-    pytest.importorskip("dad_ray.train")
-    out = tmp_path / "runs"
-    entry = [
-        "python", "jobs/distill.py", "--preset", "smoke", "--output", str(out), "--name", "smoke_job",
-        "--set", f"data.root={smoke_assets.data}",
-        "--set", f"model.teachers.0.weights={smoke_assets.teacher}",
-        "--set", "data.data_cpus=0.25",
-    ]  # fmt: skip
-    job_id, result = submit(head, entry)
-    assert result.returncode == 0, f"{shlex.join(entry)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+JOIN = """
+import json, ray
+from dad_ray.runtime import init_ray
+started = init_ray()
+ctx = ray.get_runtime_context()
+print("JOINED " + json.dumps({"started": started, "gcs": ctx.gcs_address, "job": ctx.get_job_id(),
+                              "cpus": ray.cluster_resources().get("CPU")}))
+"""
+
+
+def test_dad_ray_runtime_in_a_job_joins_the_heads_cluster(head):
+    """Inside a job, the one place that starts or joins Ray joins the head (through the job's RAY_ADDRESS) instead
+    of starting a private local Ray sized for a small machine."""
+    job_id, result = submit(head, ["python", "-c", JOIN])
+    assert result.returncode == 0, result.stdout + result.stderr
     assert status_of(head, job_id) == ("SUCCEEDED", 0)
-    logs = logs_of(head, job_id)
-    assert "outputs:" in logs
-    metrics = json.loads((out / "smoke_job" / "final_metrics.json").read_text())
-    assert "student" in metrics
-    assert (out / "smoke_job" / "config.yaml").is_file()
+    joined = probe_report(logs_of(head, job_id), "JOINED")
+    assert joined["started"] is True  # this call connected (so the job's driver may shut it down)
+    assert joined["gcs"] == head.gcs_address
+    assert joined["cpus"] == 4.0  # the head's --num-cpus, not dad_ray.runtime's local sizing
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(head.dashboard_url, headers=head.auth_headers).get_job_info(job_id)
+    assert joined["job"] == info.job_id  # the driver that joined is the submitted job's
+
+
+def test_distill_job_reads_the_uploaded_presets_and_its_arguments(head, tmp_path):
+    """`jobs/distill.py --print-config` as a job: the preset comes from the uploaded copy and every `--set`
+    arrives through `ray job submit --` intact; the job prints exactly the config the same arguments give here."""
+    overrides = {
+        "data.root": str(tmp_path / "data"),
+        "model.teachers.0.weights": str(tmp_path / "teacher.safetensors"),
+        "train.name": "smoke_job",
+        "optim.max_steps": 3,
+    }
+    entry = ["python", "jobs/distill.py", "--preset", "smoke", "--print-config"]
+    for key, value in overrides.items():
+        entry += ["--set", f"{key}={value}"]
+    job_id, result = submit(head, entry)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status_of(head, job_id) == ("SUCCEEDED", 0)
+    expected = config_to_yaml(build_config("smoke", overrides=overrides))
+    assert "max_steps: 3" in expected and "smoke_job" in expected  # the overrides show in what is compared
+    assert expected in logs_of(head, job_id)
 
 
 def test_prepare_data_as_a_job_writes_shards(head, tmp_path):
@@ -116,5 +161,11 @@ def test_prepare_data_as_a_job_writes_shards(head, tmp_path):
     job_id, result = submit(head, entry)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert status_of(head, job_id) == ("SUCCEEDED", 0)
-    assert sorted((out / "train").glob("*.parquet"))
-    assert (out / "train" / "manifest.json").is_file()  # what jobs/distill.py checks for data.root
+    logs = logs_of(head, job_id)
+    assert f"joining the Ray cluster at {head.gcs_address}" in logs  # its Ray Data ran on the head, not a local Ray
+    assert "starting a local Ray" not in logs
+    shards = sorted((out / "train").glob("*.parquet"))
+    assert shards
+    manifest = json.loads((out / "train" / "manifest.json").read_text())  # what jobs/distill.py checks for data.root
+    assert manifest["num_samples"] == 12 and manifest["split"] == "train" and manifest["skipped"] == []
+    assert sorted(shard["file"] for shard in manifest["shards"]) == [p.name for p in shards]

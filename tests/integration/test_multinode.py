@@ -105,8 +105,9 @@ def test_smoke_distillation_on_both_nodes_survives_losing_one(two_nodes, workdir
     """The smoke distillation with its 2 workers spread over nodes A and B (asserted from the ranks' node ids);
     node B is killed after the first checkpoint. Either the run finishes on node A from that checkpoint (SPREAD is
     soft, so both workers fit on A) or it fails with an error that says what happened — it never hangs."""
+    from dad_ray.train.experiment import prepare_experiment
     from dad_ray.train.monitor import read_journal
-    from dad_ray.train.trainer import CHECKPOINT_DIR, build_trainer, prepare_experiment, run_dir
+    from dad_ray.train.trainer import CHECKPOINT_DIR, build_trainer, run_dir
 
     overrides = {
         "train.placement_strategy": "SPREAD",

@@ -166,10 +166,47 @@ def test_color_jitter_changes_rgb_only_and_is_seeded():
         np.testing.assert_array_equal(plain[name], jit[name])  # RGB only
 
 
+def ramp_side(values: np.ndarray) -> float:
+    """The source side (pixels) a resized view of the ramp depth = 1 + x / 100 spans: ``values`` is the view's
+    column profile; the end pixel centres lie (n - 1) / n of the side apart (either direction: a flip reverses it)."""
+    n = len(values)
+    return abs(values[-1] - values[0]) * 100.0 * n / (n - 1)
+
+
 def test_config_fields_map_to_spec():
     cfg = DataConfig(crop_size=112, min_crop=150, global_size=(112, 154), local_patch_size=84)
     s = AugmentSpec.from_config(cfg)
     assert s.crop_size == 112 and s.global_size == (112, 154) and s.local_grid == (2, 2)
+    assert s == AugmentSpec(
+        crop_size=112,
+        min_crop=150,
+        global_size=(112, 154),
+        local_patch_size=84,
+        local_grid=(2, 2),
+        local_overlap=cfg.local_overlap,
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter,
+    )
+    # ... and their effect on rows, on a depth ramp (depth = 1 + x / 100) that reveals each view's source side
+    for h, w in ((168, 224), (120, 168)):  # short side above min_crop = 150, and below it
+        depth = 1.0 + np.tile(np.arange(w, dtype=np.float32), (h, 1)) / 100.0
+        image = np.zeros((h, w, 3), np.uint8)
+        boxes = local_boxes_px(h, w, s.local_grid, s.local_overlap)
+        patch_side = boxes[0, 2] - boxes[0, 0]
+        sides = []
+        for seed in range(6):
+            out = augment_sample(image, depth, s, sample_rng(seed, 0, "cfg"))
+            assert out["crop_image"].shape == (3, 112, 112) and out["crop_depth"].shape == (112, 112)
+            assert out["global_image"].shape == (3, 112, 154) and out["global_depth"].shape == (112, 154)
+            assert out["local_images"].shape == (4, 3, 84, 84)  # N = 2 x 2 patches of local_patch_size
+            assert out["local_depth"].shape == out["local_mask"].shape == (4, 84, 84)
+            side = ramp_side(out["crop_depth"].mean(axis=0))
+            assert min(150, h) - 2 <= side <= h + 2  # crop side in [min(min_crop, short side), short side]
+            sides.append(side)
+            for n in range(4):  # each patch: a square box of the source, resized to local_patch_size
+                assert abs(ramp_side(out["local_depth"][n].mean(axis=0)) - patch_side) < 2
+        if h < 150:
+            np.testing.assert_allclose(sides, h, atol=2)  # min_crop clipped to the short side: always the whole side
 
 
 def test_eval_size_matches_dav2_lower_bound():

@@ -8,49 +8,14 @@ import pytest
 import torch
 
 from dad_ray.losses import context_ids, context_medians, dis_loss, dis_loss_per_image, normalize
-from dad_ray.losses.normalize import LEVELS, MAD_EPS
+from dad_ray.losses.reference import loop_dis_loss, loop_dis_loss_per_image
 
 NORMS = ("global", "hybrid", "local", "none")
 
 
-def loop_dis_loss_per_image_autograd(student, teacher, mask, normalization):
-    """Slow reference: per image, per level, per context, with torch.median (lower median) on the selected pixels.
-    Returns (values (B,) float32 in the student's graph, valid (B,) bool)."""
-    values, valid = [], []
-    for s_img, t_img, m_img in zip(student.float(), teacher.float(), mask):
-        if not m_img.any():
-            values.append(s_img.sum() * 0.0)
-            valid.append(False)
-            continue
-        s, t = s_img[m_img], t_img[m_img]
-        if normalization == "none":
-            values.append((s - t).abs().mean())
-            valid.append(True)
-            continue
-        levels = LEVELS[normalization]
-        acc = torch.zeros_like(s)
-        lo, hi = t.min(), t.max()
-        u = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
-        for n_seg in levels:
-            seg = torch.minimum(torch.floor(u * float(n_seg)), torch.tensor(float(n_seg - 1)))
-            for j in range(n_seg):
-                sel = seg == j
-                if not sel.any():
-                    continue
-                normed = []
-                for x in (s[sel], t[sel]):
-                    med = torch.median(x)
-                    mad = (x - med).abs().mean()
-                    normed.append((x - med) / torch.clamp(mad, min=MAD_EPS))
-                acc = acc.index_put((sel.nonzero(as_tuple=True)[0],), (normed[0] - normed[1]).abs(), accumulate=True)
-        values.append((acc / len(levels)).mean())
-        valid.append(True)
-    return torch.stack(values), torch.tensor(valid)
-
-
-def loop_dis_loss_per_image(student, teacher, mask, normalization):
-    """:func:`loop_dis_loss_per_image_autograd`'s values, detached."""
-    values, valid = loop_dis_loss_per_image_autograd(student.detach(), teacher, mask, normalization)
+def loop_dis_loss_per_image_detached(student, teacher, mask, normalization):
+    """The slow loop reference's (:mod:`dad_ray.losses.reference`) values, detached, and valid."""
+    values, valid = loop_dis_loss_per_image(student.detach(), teacher, mask, normalization)
     return values.detach(), valid
 
 
@@ -118,9 +83,14 @@ def test_matches_loop_reference(normalization):
     m[1] = False  # an image with no valid pixel
     m[2, :, :5] = False
     values, valid = dis_loss_per_image(s, t, m, normalization)
-    ref_values, ref_valid = loop_dis_loss_per_image(s, t, m, normalization)
+    ref_values, ref_valid = loop_dis_loss_per_image_detached(s, t, m, normalization)
     assert valid.tolist() == ref_valid.tolist() == [True, False, True]
     torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
+    # the scalar the benchmark times: the mean over the valid images, 0 when there is none
+    torch.testing.assert_close(
+        loop_dis_loss(s, t, m, normalization), dis_loss(s, t, m, normalization), atol=1e-5, rtol=1e-5
+    )
+    assert loop_dis_loss(s, t, torch.zeros_like(m), normalization).item() == 0.0
 
 
 @pytest.mark.parametrize("normalization", NORMS)
@@ -130,7 +100,8 @@ def test_matches_loop_reference_with_ties(normalization):
     s = torch.randint(0, 4, (2, 7, 7), generator=g).float()
     m = torch.rand(2, 7, 7, generator=g) > 0.1
     values, _ = dis_loss_per_image(s, t, m, normalization)
-    torch.testing.assert_close(values, loop_dis_loss_per_image(s, t, m, normalization)[0], atol=1e-5, rtol=1e-5)
+    expected = loop_dis_loss_per_image_detached(s, t, m, normalization)[0]
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_medians_of_unions_of_runs_by_hand():
@@ -178,7 +149,7 @@ def test_gradient_matches_loop_reference(normalization):
     s, t, m = _rand(seed=4)
     s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
     dis_loss(s1, t, m, normalization).backward()
-    values, valid = loop_dis_loss_per_image_autograd(s2, t, m, normalization)
+    values, valid = loop_dis_loss_per_image(s2, t, m, normalization)
     values[valid].mean().backward()
     torch.testing.assert_close(s1.grad, s2.grad, atol=1e-6, rtol=1e-4)
 

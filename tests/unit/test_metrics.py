@@ -130,6 +130,7 @@ def _reduce_worker(rank: int, world: int, init_file: str, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns a two-process gloo group (two fresh torch imports); the merge itself is tested above
 def test_accumulator_all_reduce_is_exact(tmp_path):
     with mp.Manager() as manager:
         results = manager.dict()

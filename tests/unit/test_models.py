@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-from dad_ray.bench.models import count_parameters
+from dad_ray.bench.models import count_parameters, markdown_table
 from dad_ray.bench.models import main as bench_main
 from dad_ray.models import create_model, get_spec, list_models
 from dad_ray.models.dinov2 import interpolate_pos_embed
@@ -59,9 +59,33 @@ def test_parameter_counts_match_paper(encoder, millions):
 
 
 def test_models_benchmark_reports_a_table():
-    lines = bench_main(["--models", "dav2_micro", "--size", "28", "--repeats", "1"]).strip().splitlines()
-    assert lines[0].startswith("| model | params (M) | CPU s @28 (median)")
+    models = ["dav2_micro", "dav2_tiny"]
+    lines = bench_main(["--models", *models, "--size", "28", "--repeats", "1"]).strip().splitlines()
+    gpu = ["GPU fp32 ms", "GPU bf16 ms", "GPU peak GiB (bf16)"] if torch.cuda.is_available() else []
+    header = ["model", "params (M)", "CPU s @28 (median)", "CPU s (min)", *gpu]
+    assert lines[0] == "| " + " | ".join(header) + " |"
+    assert lines[1] == "|" + "---|" * len(header)
+    assert len(lines) == 2 + len(models)  # one row per model, in the order asked
+    for name, line in zip(models, lines[2:]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header)
+        assert cells[0] == name
+        assert cells[1] == f"{count_parameters(name) / 1e6:.1f}"  # the parameter count, in millions
+        assert float(cells[2]) >= 0.0 and cells[3] == cells[2]  # one timed repeat: its median is its minimum
     assert lines[2].startswith("| dav2_micro | 0.9 | ")
+
+
+def test_models_benchmark_table_formats_and_marks_missing_values():
+    rows = [
+        {"model": "a", "params_m": 24.79, "cpu_s": 1.234, "cpu_min_s": 1.1},
+        {"model": "b", "params_m": 0.04, "cpu_s": 0.5, "cpu_min_s": 0.456, "gpu_fp32_ms": 3.04, "gpu_peak_gib": 0.125},
+    ]
+    assert markdown_table(rows, 518).splitlines() == [
+        "| model | params (M) | CPU s @518 (median) | CPU s (min) | GPU fp32 ms | GPU peak GiB (bf16) |",
+        "|---|---|---|---|---|---|",
+        "| a | 24.8 | 1.23 | 1.10 | – | – |",  # a column only some rows have: "–" where missing
+        "| b | 0.0 | 0.50 | 0.46 | 3.0 | 0.12 |",  # columns no row has (GPU bf16 ms) are left out
+    ]
 
 
 def test_vitg_uses_dinov2_swiglu_layout():

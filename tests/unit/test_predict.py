@@ -183,6 +183,7 @@ def ray_cluster():
         yield
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_predict_with_ray_data_matches_local(tmp_path, image_dir, checkpoint, ray_cluster):
     opts = PredictOptions(
         model="dav2_micro",

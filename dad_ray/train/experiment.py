@@ -1,0 +1,232 @@
+"""The experiment around a run's trainer: validate the config, prepare data and teachers, fit (see
+:mod:`dad_ray.train.trainer`), evaluate, write the outputs, format the metrics table.
+
+Outputs of a run (``<train.output>/<train.name>/``):
+
+    config.yaml            the resolved config (``jobs/distill.py --config`` on it reproduces the run)
+    tensorboard/           scalars, image grids (rank 0)
+    checkpoints/           Ray Train's run directory: checkpoint_step*/ (best K by validation AbsRel + latest)
+    progress.jsonl         one line per optimizer step and per worker-group start
+    untrained_student.safetensors, student.safetensors   the seeded initial and the final student (official layout)
+    final_metrics.json     {"teacher": {...}, "student": {...}, "untrained_student": {...}, "_info": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dad_ray.config import ConfigError, ExperimentConfig, is_uri, save_config, with_absolute_paths
+from dad_ray.data import ensure_synthetic, storage
+from dad_ray.metrics import METRIC_KEYS
+from dad_ray.models import list_models, save_weights
+from dad_ray.runtime import init_ray
+from dad_ray.train.task import build_student
+from dad_ray.train.trainer import copy_student, fit, run_dir
+from dad_ray.train.worker import seed_everything
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+UNTRAINED_FILE = "untrained_student.safetensors"
+FINAL_STUDENT_FILE = "student.safetensors"
+METRICS_FILE = "final_metrics.json"
+
+
+def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
+    """Indices of the teachers whose weights file is not given or does not exist."""
+    return [i for i, t in enumerate(cfg.model.teachers) if not t.weights or not Path(t.weights).is_file()]
+
+
+def validate_experiment(cfg: ExperimentConfig) -> None:
+    """Everything that can be checked before a worker starts: model names, weight files, data location."""
+    models = list_models()
+    names = [("model.student", cfg.model.student)]
+    if cfg.loss.mode == "distill":
+        names += [(f"model.teachers[{i}].name", t.name) for i, t in enumerate(cfg.model.teachers)]
+    for key, name in names:
+        if name not in models:
+            raise ConfigError(f"{key}: unknown model '{name}'; available: {', '.join(models)}")
+    if cfg.model.student_init != "none" and not Path(cfg.model.student_weights).is_file():
+        raise ConfigError(f"model.student_weights: file not found: {cfg.model.student_weights}")
+    if cfg.loss.mode == "distill" and not cfg.bootstrap.enabled:
+        for i in _needs_bootstrap(cfg):
+            weights = cfg.model.teachers[i].weights
+            raise ConfigError(
+                f"model.teachers[{i}].weights: "
+                + (f"file not found: {weights}" if weights else "no teacher weights given")
+                + " (download the official checkpoint, or set bootstrap.enabled=true to train a small teacher)"
+            )
+    if cfg.data.synthetic.train_samples == 0 and not is_uri(cfg.data.root):
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            if not (Path(cfg.data.root) / split / "manifest.json").is_file():
+                raise ConfigError(
+                    f"data.root: no shards for split '{split}' under {cfg.data.root} (make them with "
+                    f"jobs/prepare_data.py, or set data.synthetic.train_samples to generate synthetic scenes)"
+                )
+
+
+def bootstrap_teachers(cfg: ExperimentConfig) -> None:
+    """Embedded default: train each missing small teacher on ground truth and cache it at its weights path."""
+    for i in _needs_bootstrap(cfg):
+        teacher = cfg.model.teachers[i]
+        if not teacher.weights:
+            raise ConfigError(f"model.teachers[{i}].weights: bootstrap needs a path to cache the trained teacher at")
+        dest = Path(teacher.weights)
+        boot = cfg.bootstrap
+        steps = boot.max_steps
+        boot_cfg = replace(
+            cfg,
+            model=replace(cfg.model, student=teacher.name, student_weights="", student_init="none"),
+            loss=replace(cfg.loss, mode="supervised"),
+            optim=replace(cfg.optim, lr=boot.lr, max_steps=steps, warmup_steps=min(cfg.optim.warmup_steps, steps - 1)),
+            data=replace(cfg.data, batch_size=boot.batch_size),
+            train=replace(
+                cfg.train,
+                name=f"bootstrap_{dest.stem}",
+                output=str(dest.parent.resolve()),
+                val_every=steps,
+                checkpoint_every=steps,
+                image_every=0,
+                fail_at_step=-1,
+            ),
+        )
+        logger.info("bootstrap: training teacher %s on ground truth for %d steps → %s", teacher.name, steps, dest)
+        copy_student(fit(boot_cfg), dest)
+        logger.info("bootstrap: teacher cached at %s", dest)
+
+
+def prepare_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Validate, make paths absolute, generate synthetic shards if configured, and bootstrap missing teachers — once,
+    before any trial or worker starts. Returns the config to run (absolute paths; teacher files exist)."""
+    cfg = with_absolute_paths(cfg)
+    validate_experiment(cfg)
+    init_ray()
+    if cfg.data.synthetic.train_samples > 0:
+        ensure_synthetic(cfg.data.root, cfg.data.synthetic, splits=(cfg.data.train_split, cfg.data.val_split))
+    if cfg.loss.mode == "distill" and _needs_bootstrap(cfg):
+        bootstrap_teachers(cfg)
+    return cfg
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files the driver writes into a run directory (``directory``: a local path or a URI).
+
+    They are written to :attr:`staging` — the run directory itself, or for a URI a local directory whose files are
+    uploaded to it (``<tmp>/dad_ray_runs/<hash of the URI>``), so every node can read what the evaluation uses.
+    """
+
+    directory: str
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.directory)
+
+    @property
+    def staging(self) -> Path:
+        if not self.remote:
+            return Path(self.directory)
+        return Path(tempfile.gettempdir()) / "dad_ray_runs" / uuid.uuid5(uuid.NAMESPACE_URL, self.directory).hex
+
+    def local(self, name: str) -> Path:
+        """Where to write ``name`` (in the staging directory)."""
+        return self.staging / name
+
+    def fetch(self, name: str) -> bool:
+        """Whether ``name`` is in the staging directory, downloading it from a URI run directory if it is there."""
+        if self.local(name).is_file():
+            return True
+        return self.remote and storage.download_file(storage.join(self.directory, name), self.local(name))
+
+    def publish(self, name: str) -> str:
+        """The file's path in the run directory (uploaded there first when that is a URI)."""
+        if not self.remote:
+            return str(self.local(name))
+        storage.upload_file(self.local(name), storage.join(self.directory, name))
+        return storage.join(self.directory, name)
+
+
+def _evaluate(cfg: ExperimentConfig, models: dict[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """{label: (model name, weights)} → {label: metrics}, all models in one pass over the validation split."""
+    from dad_ray.inference import evaluate_checkpoints
+
+    return evaluate_checkpoints(
+        models,
+        data=cfg.data.root,
+        split=cfg.data.val_split,
+        protocol=cfg.eval.protocol,
+        alignment=cfg.eval.alignment,
+        input_size=cfg.eval.input_size,
+        batch_size=cfg.eval.batch_size,
+        max_samples=cfg.data.max_val_samples,
+        use_gpu=cfg.train.use_gpu,
+    )
+
+
+def _models_to_evaluate(cfg: ExperimentConfig, student: str, untrained: str) -> dict[str, tuple[str, str]]:
+    """The table's rows: each teacher (distill mode), the trained and the untrained student → (model, weights)."""
+    models: dict[str, tuple[str, str]] = {}
+    if cfg.loss.mode == "distill":
+        for i, t in enumerate(cfg.model.teachers):
+            models["teacher" if i == 0 else f"teacher_{i}"] = (t.name, t.weights)
+    models["student"] = (cfg.model.student, student)
+    models["untrained_student"] = (cfg.model.student, untrained)
+    return models
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The whole job: prepare → fit (resuming a run of the same name) → evaluate → ``final_metrics.json``.
+
+    The run directory may be local or a URI (``train.output=s3://bucket/runs``): Ray Train stores the checkpoints
+    there itself, the workers upload TensorBoard and the journal, and the driver uploads its files from a local
+    staging directory (:class:`RunFiles`), so every node can read the weights the final evaluation uses.
+    """
+    cfg = prepare_experiment(cfg)
+    files = RunFiles(run_dir(cfg))
+    save_config(cfg, files.local(CONFIG_FILE))
+    files.publish(CONFIG_FILE)
+    if not files.fetch(UNTRAINED_FILE):
+        seed_everything(cfg.train.seed * 1000)  # the same initial student rank 0 builds
+        save_weights(build_student(cfg.model), files.local(UNTRAINED_FILE))
+    untrained_path = files.publish(UNTRAINED_FILE)
+    result = fit(cfg)
+    copy_student(result, files.local(FINAL_STUDENT_FILE))
+    student_path = files.publish(FINAL_STUDENT_FILE)
+
+    metrics: dict[str, Any] = _evaluate(cfg, _models_to_evaluate(cfg, student_path, untrained_path))
+    metrics["_info"] = {
+        "protocol": cfg.eval.protocol,
+        "alignment": cfg.eval.alignment,
+        "split": f"{cfg.data.root}/{cfg.data.val_split}",
+        "steps": result.metrics.get("step") if result.metrics else None,
+        "best_val_abs_rel": result.metrics.get("best_val_abs_rel") if result.metrics else None,
+    }
+    files.local(METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    files.publish(METRICS_FILE)
+    return metrics
+
+
+def format_metrics_table(metrics: dict[str, Any]) -> str:
+    """A fixed-width table: one row per evaluated model, one column per metric."""
+    rows = [k for k in metrics if not k.startswith("_")]
+    header = f"{'model':<20}" + "".join(f"{k:>10}" for k in METRIC_KEYS) + f"{'images':>8}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        m = metrics[row]
+        lines.append(
+            f"{row:<20}"
+            + "".join(f"{m.get(k, float('nan')):>10.4f}" for k in METRIC_KEYS)
+            + f"{m.get('n_images', 0):>8}"
+        )
+    info = metrics.get("_info", {})
+    if info:
+        lines.append(
+            f"(protocol {info.get('protocol')}, alignment in {info.get('alignment')} space, {info.get('split')})"
+        )
+    return "\n".join(lines)
