@@ -208,7 +208,32 @@ def _tokens(height: int, width: int) -> int:
     return (height // 14) * (width // 14) + 1  # patches + class token
 
 
+@cache
+def _measured_activation_bytes(model_name: str, height: int, width: int) -> float:
+    """Bytes one image's forward saves for backward, as bf16, counted with saved-tensor hooks in a meta-device
+    forward (no memory; a tensor saved by two ops counts twice: an upper bound). For students without a formula
+    (``timm:*``)."""
+    import torch
+
+    from dad_ray.models import create_model
+
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * 2
+        return t
+
+    with torch.device("meta"):
+        model = create_model(model_name)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.empty(1, 3, height, width, requires_grad=True))
+    return float(total)
+
+
 def _student_activation_bytes(model_name: str, images: int, height: int, width: int, checkpointing: bool) -> float:
+    if model_name.startswith("timm:"):  # measured, without checkpointing (an upper bound with it)
+        return images * _measured_activation_bytes(model_name, height, width)
     spec = get_spec(model_name)
     per_block = VIT_ACT_BYTES_PER_TOKEN_DIM * _tokens(height, width) * spec.embed_dim * images
     # With activation checkpointing a block keeps only its fp32 input; one block is recomputed at a time.

@@ -5,6 +5,7 @@ python jobs/benchmark.py models   # parameters and forward time per model at 518
 python jobs/benchmark.py data     # Ray Data pipeline vs torch DataLoader, samples/s and time to first batch
 python jobs/benchmark.py train    # Ray Train loop vs plain PyTorch loop, same model and batch
 python jobs/benchmark.py tune     # ASHA vs full search on the synthetic task, and the paper's ablation grid
+python jobs/benchmark.py students # the student zoo: params, GFLOPs, CPU latency (PyTorch, ONNX Runtime), AbsRel / d1
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("losses", "models", "data", "train", "tune")
+BENCHMARKS = ("losses", "models", "data", "train", "tune", "students")
 
 
 def main(argv: list[str] | None = None) -> int:

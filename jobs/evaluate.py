@@ -54,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(config_to_yaml(cfg))
         return 0
     from dad_ray.inference import evaluate_checkpoint, format_table, write_tensorboard
-    from dad_ray.models.weights import infer_model_name
+    from dad_ray.models.weights import infer_model_name, resolve_weights_file
 
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint {args.checkpoint} does not exist")
+    try:  # a file, a transformers directory, or hf://org/repo/file in the local Hugging Face cache
+        resolve_weights_file(args.checkpoint)
+    except FileNotFoundError as err:
+        parser.error(f"--checkpoint: {err}")
     result = evaluate_checkpoint(
         model_name=args.model or infer_model_name(args.checkpoint),
         weights=args.checkpoint,

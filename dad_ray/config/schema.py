@@ -89,9 +89,14 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # A registry name: "dav2_<encoder>" (Depth Anything V2 layout) or "timm:<timm model>", a DPT-style head on any
+    # timm backbone with multi-scale features (dad_ray.models.ZOO lists recommended ones, e.g. timm:convnext_atto)
     student: str = "dav2_vits"
     student_weights: str = ""  # initialise the student from this checkpoint ...
     student_init: Literal["none", "full", "encoder"] = "none"  # ... as a whole model or encoder only
+    # timm students only: initialise the backbone from timm's pretrained weights found in the local Hugging Face
+    # cache (HF_HUB_CACHE / HF_HOME; never downloaded), head random; not there → an error naming the repo and file
+    student_pretrained: bool = False
     teachers: tuple[TeacherConfig, ...] = (TeacherConfig(),)
     activation_checkpointing: bool = False
 
@@ -102,6 +107,17 @@ class ModelConfig:
             "model.student_init",
             "student_init 'full'/'encoder' needs model.student_weights, and student_weights needs one of them",
         )
+        if self.student_pretrained:
+            check(
+                self.student.startswith("timm:"),
+                "model.student_pretrained",
+                f"only timm students ('timm:<name>') have timm pretrained weights, got student {self.student!r}",
+            )
+            check(
+                self.student_init == "none",
+                "model.student_pretrained",
+                "choose one initialisation: timm's pretrained backbone or model.student_weights, not both",
+            )
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,13 @@ class LossConfig:
     mode: Literal["distill", "supervised"] = "distill"
     normalization: Normalization = "hybrid"  # L_Dis normalisation (paper: hybrid)
     lambda_lg: float = 0.5  # λ1, local-global
-    lambda_feat: float = 1.0  # λ2, feature alignment
+    # λ2, feature alignment: cosine between the student's and the teacher's last-layer tokens on the shared-context
+    # crop. When the student's token grid differs from the teacher's (timm students: another patch size, or a CNN's
+    # deepest map, stride 32), its tokens are resampled to the teacher's grid over the same image area (mean of
+    # bilinear samples per teacher cell: pooled when finer, interpolated when coarser; padding excluded); when the
+    # widths differ a linear projection (trained, decoder lr, not saved with the student) maps them to the
+    # teacher's width. Matching grids and widths (DAv2 students) use the tokens as they are.
+    lambda_feat: float = 1.0
     lambda_grad: float = 2.0  # λ3, gradient matching
     feat_margin: float = 0.85  # α: tokens whose cosine similarity exceeds it are ignored
     grad_scales: int = 4

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dad_ray.inference.actors import plan_for_cluster
+from dad_ray.models.hub import is_hub_path
 from dad_ray.models.inference import DepthPredictor, resolve_device
 from dad_ray.runtime import init_ray
 from dad_ray.viz import colorize
@@ -156,7 +157,7 @@ def predict_dataset(ds, name_column: str | None, root: Path | None, total: int |
         DepthPredictor,
         fn_constructor_kwargs={
             "model_name": opts.model,
-            "weights": str(Path(opts.checkpoint).resolve()),
+            "weights": opts.checkpoint if is_hub_path(opts.checkpoint) else str(Path(opts.checkpoint).resolve()),
             "input_size": opts.input_size,
             "device": plan.device,
             "batch_size": opts.batch_size,

@@ -9,6 +9,7 @@ from dad_ray.losses.distill import (
     gradient_loss,
     local_global_loss,
     masked_mean,
+    resample_tokens,
 )
 from dad_ray.losses.normalize import LEVELS, MAD_EPS, context_ids, context_medians, levels_of, normalize
 from dad_ray.losses.supervised import disparity_target, silog_loss, ssi_loss, supervised_losses
@@ -29,6 +30,7 @@ __all__ = [
     "local_global_loss",
     "masked_mean",
     "normalize",
+    "resample_tokens",
     "silog_loss",
     "ssi_loss",
     "supervised_losses",

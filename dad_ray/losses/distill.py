@@ -115,6 +115,34 @@ def feature_loss(f_student: torch.Tensor, f_teacher: torch.Tensor, margin: float
     return ((1.0 - cos) * keep).sum() / keep.sum().clamp_min(1)
 
 
+def resample_tokens(
+    tokens: torch.Tensor,
+    grid: tuple[int, int],
+    extent: tuple[float, float],
+    out_grid: tuple[int, int],
+) -> torch.Tensor:
+    """Tokens (B, gh * gw, C) on a ``grid`` (gh, gw) whose first ``extent`` (eh, ew) cells cover the image (fewer than
+    the grid where a CNN padded its input) → (B, oh * ow, C) on ``out_grid`` covering the same image (the teacher's).
+
+    Each output cell is the mean of bilinear samples of the input map over the cell's area
+    (``torchvision.ops.roi_align``, ``aligned=True``, adaptive sample count): an average pool where the input grid is
+    finer, a bilinear interpolation where it is coarser. Returns ``tokens`` itself, with no op at all, when the grids
+    and the extent already match (every Depth Anything student of a Depth Anything teacher).
+    """
+    gh, gw = grid
+    if (gh, gw) == tuple(out_grid) and tuple(extent) == (gh, gw):
+        return tokens
+    b, n, c = tokens.shape
+    if n != gh * gw:
+        raise ValueError(f"{n} tokens do not fill a {gh}x{gw} grid")
+    maps = tokens.float().transpose(1, 2).reshape(b, c, gh, gw)  # (B, C, gh, gw)
+    box = torch.tensor([0.0, 0.0, float(extent[1]), float(extent[0])], device=tokens.device)  # x0 y0 x1 y1
+    index = torch.arange(b, device=tokens.device, dtype=torch.float32).unsqueeze(-1)
+    rois = torch.cat([index, box.expand(b, 4)], dim=-1)  # (B, 5)
+    out = roi_align(maps, rois, output_size=tuple(out_grid), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out.flatten(2).transpose(1, 2)  # (B, oh * ow, C)
+
+
 def crop_boxes(maps: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Crop_n: maps (B, H, W), boxes (B, N, 4) float (y0, x0, y1, x1) normalised to [0, 1] → (B, N, P, P).
 

@@ -36,6 +36,8 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> 
     (w + 0.1) / sqrt(N)), mode="bicubic", antialias=False)`` — the scale factor, not the output size, sets the
     sampling positions — and the result is cast back to the input dtype. The class-token entry is kept as is.
     """
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return traceable_interpolate_pos_embed(pos_embed, grid_h, grid_w)
     n = pos_embed.shape[1] - 1
     if grid_h * grid_w == n and grid_h == grid_w:
         return pos_embed
@@ -50,6 +52,54 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> 
     if tuple(patch_pe.shape[-2:]) != (grid_h, grid_w):
         raise RuntimeError(f"position embedding resized to {tuple(patch_pe.shape[-2:])}, expected {(grid_h, grid_w)}")
     patch_pe = patch_pe.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
+    return torch.cat((float_pe[:, :1], patch_pe), dim=1).to(pos_embed.dtype)
+
+
+CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic convolution coefficient
+
+
+def _bicubic_matrix(grid: int, side: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DINOv2's 1-D resize ``side`` → ``grid`` (scale ``(grid + 0.1) / side``) as a (grid, side) matrix, traceable.
+
+    Row i holds the bicubic weights (A = -0.75, edge indices clamped, half-pixel centres) that PyTorch's
+    ``upsample_bicubic2d`` gives output i when called with that scale factor. ``grid`` enters only as the length of an
+    ``arange`` and its last value, so an exported graph keeps it symbolic. Returns (resize matrix, the (grid, side)
+    0/1 matrix that is the identity when grid == side, grid size as a (1,) tensor).
+    """
+    dst = torch.arange(grid, dtype=dtype)  # (grid,)
+    n = dst[-1:] + 1  # (1,) the grid size as a tensor
+    src = (dst + 0.5) * (side / (n + INTERPOLATE_OFFSET)) - 0.5
+    base = torch.floor(src)
+    offsets = torch.arange(-1, 3, dtype=dtype)  # the 4 taps around each sample
+    t = ((src - base)[:, None] - offsets).abs()  # (grid, 4) distances to the taps
+    a = CUBIC_A
+    near = ((a + 2) * t - (a + 3)) * t * t + 1  # |t| <= 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # 1 < |t| < 2
+    weights = torch.where(t <= 1, near, far)  # (grid, 4)
+    taps = (base[:, None] + offsets).clamp(0, side - 1)  # (grid, 4) column indices, edges clamped
+    columns = torch.arange(side, dtype=dtype)
+    cubic = ((taps[:, :, None] == columns).to(dtype) * weights[:, :, None]).sum(1)  # (grid, side)
+    return cubic, (dst[:, None] == columns).to(dtype), n
+
+
+def traceable_interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """:func:`interpolate_pos_embed` as two matrix products, for ``torch.export`` / ONNX / TorchScript tracing.
+
+    ``F.interpolate(scale_factor=...)`` exports with the scale frozen at the example size (the float is specialised),
+    so an exported graph would only run at that size. Here the resize is ``M_h @ pe @ M_w^T`` with the matrices of
+    :func:`_bicubic_matrix`, built from the grid size inside the graph: dynamic height and width, the same sampling
+    positions and weights (equal to ``F.interpolate`` in float64; float32 rounding ~1e-5), identity at 37 x 37.
+    """
+    side = math.isqrt(pos_embed.shape[1] - 1)
+    dim = pos_embed.shape[-1]
+    float_pe = pos_embed.float()
+    patch_pe = float_pe[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, C, S, S)
+    rows, rows_id, n_h = _bicubic_matrix(grid_h, side, torch.float32)
+    cols, cols_id, n_w = _bicubic_matrix(grid_w, side, torch.float32)
+    keep = (n_h == side) & (n_w == side)  # the stored square grid: unchanged, as in DINOv2 (no Python branch)
+    rows, cols = torch.where(keep, rows_id, rows), torch.where(keep, cols_id, cols)
+    patch_pe = rows @ patch_pe @ cols.T  # (1, C, h, w)
+    patch_pe = patch_pe.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat((float_pe[:, :1], patch_pe), dim=1).to(pos_embed.dtype)
 
 

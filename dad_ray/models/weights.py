@@ -2,9 +2,14 @@
 
 Reads official ``.pth`` files (``torch.load(weights_only=True)``: tensors only, never arbitrary pickled objects),
 ``.safetensors`` files (Distill-Any-Depth's releases, our own saves) and two explicit wrappers ``{"model": sd}`` /
-``{"state_dict": sd}``. Key maps, applied in this order and reported in :class:`LoadReport`:
+``{"state_dict": sd}``; a path may also be ``hf://org/repo/file`` (the local Hugging Face cache only,
+:mod:`dad_ray.models.hub`) or a transformers model directory. Key maps, applied in this order and reported in
+:class:`LoadReport`:
 
 - ``module.`` (DDP) prefix on every key → stripped;
+- transformers' ``DepthAnythingForDepthEstimation`` layout (``backbone.embeddings.*``, ``neck.*``, ``head.*``:
+  ``save_pretrained`` directories and the Hub's ``*-hf`` repos) → official, by the explicit map of
+  :mod:`dad_ray.models.hf_layout`; its ``config.json``, when beside the weights, must match the model;
 - Distill-Any-Depth's Large layout ``backbone.*`` → ``pretrained.*``;
 - DINOv2 chunked blocks ``<pretrained|backbone>.blocks.<chunk>.<i>.…`` → ``pretrained.blocks.<i>.…`` (DINOv2 keeps
   the global block index inside a chunk, so the chunk number is simply dropped).
@@ -15,6 +20,7 @@ Anything else is an error: missing keys, unexpected keys and shape mismatches ar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -29,6 +35,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dad_ray.models.hf_layout import check_transformers_config, from_transformers, is_transformers_layout
+from dad_ray.models.hub import resolve_path
+
 logger = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "pretrained."
@@ -36,6 +45,7 @@ HEAD_PREFIX = "depth_head."
 WRAPPER_KEYS = ("model", "state_dict")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 MAX_LISTED = 40  # keys listed per category in an error message
+HF_WEIGHTS_FILE = "model.safetensors"  # the weights of a transformers directory (save_pretrained)
 
 _CHUNKED = re.compile(r"^(pretrained|backbone)\.blocks\.\d+\.(\d+)\.(.+)$")
 
@@ -74,11 +84,26 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` / ``.pth`` file (or of its ``model`` / ``state_dict`` wrapper), on CPU."""
-    path = Path(path)
-    if not path.is_file():
+def resolve_weights_file(path: str | Path) -> Path:
+    """The local file behind a weights path: the file itself, an ``hf://org/repo/file`` path's copy in the Hugging
+    Face cache (:mod:`dad_ray.models.hub`; not cached → ``HubFileNotCachedError``), or a transformers directory's
+    ``model.safetensors``."""
+    resolved = resolve_path(path)
+    if resolved.is_dir():
+        if not (resolved / HF_WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path}: a directory without {HF_WEIGHTS_FILE} (a transformers model directory)")
+        resolved = resolved / HF_WEIGHTS_FILE
+    if not resolved.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    return resolved
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` / ``.pth`` file (or of its ``model`` / ``state_dict`` wrapper), on CPU.
+
+    ``path`` may also be ``hf://org/repo/file`` (read from the local Hugging Face cache) or a transformers directory.
+    """
+    path = resolve_weights_file(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
@@ -111,13 +136,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def to_official_layout(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-    """Apply the explicit key maps (module. prefix, DAD-Large ``backbone.*``, chunked blocks) → (state, layout)."""
+    """Apply the explicit key maps (module. prefix, transformers' ``DepthAnythingForDepthEstimation`` layout
+    (:mod:`dad_ray.models.hf_layout`), DAD-Large ``backbone.*``, chunked blocks) → (state, layout)."""
     keys = list(state)
     applied = []
     if keys and all(k.startswith("module.") for k in keys):
         state = {k[len("module.") :]: v for k, v in state.items()}
         applied.append("module.")
-    if any(k.startswith("backbone.") for k in state):
+    if is_transformers_layout(state):  # before DAD-Large: both start with backbone.
+        state = from_transformers(state)
+        applied.append("transformers")
+    elif any(k.startswith("backbone.") for k in state):
         state = {
             (ENCODER_PREFIX + k[len("backbone.") :] if k.startswith("backbone.") else k): v for k, v in state.items()
         }
@@ -126,6 +155,20 @@ def to_official_layout(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
         state = {_CHUNKED.sub(r"pretrained.blocks.\2.\3", k): v for k, v in state.items()}
         applied.append("chunked_blocks")
     return dict(state), "+".join(applied) or "official"
+
+
+TIMM_STUDENT_PREFIX = "timm:"  # model_name of dad_ray.models.timm_student models
+
+
+def to_model_layout(state: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """``state`` in ``model``'s key layout → (state, layout). Timm students (``model_name`` ``timm:…``) keep timm's
+    backbone keys and only lose a DDP ``module.`` prefix on every key (the DINOv2 maps of :func:`to_official_layout`
+    would rename e.g. MobileNet's ``pretrained.blocks.0.0.*``); every other model gets :func:`to_official_layout`."""
+    if not str(getattr(model, "model_name", "")).startswith(TIMM_STUDENT_PREFIX):
+        return to_official_layout(state)
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}, "module."
+    return dict(state), "timm_student"
 
 
 def _shape(t: torch.Tensor) -> list[int]:
@@ -169,7 +212,9 @@ def load_weights(model: nn.Module, path: str | Path, *, encoder_only: bool = Fal
     """
     model = unwrap_model(model)
     what = getattr(model, "model_name", type(model).__name__)
-    state, layout = to_official_layout(read_state_dict(path))
+    state, layout = to_model_layout(read_state_dict(path), model)
+    if "transformers" in layout.split("+"):
+        _check_transformers_config(path, model)
     expected = model.state_dict()
     ignored: list[str] = []
     if encoder_only:
@@ -193,6 +238,23 @@ def load_weights(model: nn.Module, path: str | Path, *, encoder_only: bool = Fal
     report = LoadReport(str(path), layout, len(state), tuple(ignored), unloaded)
     logger.info("loaded %s into %s", report, what)
     return report
+
+
+def _check_transformers_config(path: str | Path, model: nn.Module) -> None:
+    """A transformers checkpoint's ``config.json`` (beside its weights, when present) must describe ``model``: the
+    same intermediate layers (``out_indices``) and a relative head — neither shows in the tensors."""
+    config_file = resolve_weights_file(path).parent / "config.json"
+    spec = getattr(model, "spec", None)
+    if spec is None or not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{config_file}: unreadable transformers config ({err})") from err
+    try:
+        check_transformers_config(config, spec.layers, str(config_file))
+    except ValueError as err:
+        raise WeightsError(str(err)) from err
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
@@ -236,11 +298,9 @@ def infer_model_name(path: str | Path) -> str:
     from dad_ray.models.registry import PREFIX, list_models
     from dad_ray.models.spec import ENCODERS
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    path = resolve_weights_file(path)
     shapes, metadata = _file_shapes(path)
-    if metadata.get("arch") in list_models():
+    if metadata.get("arch") in list_models() or metadata.get("arch", "").startswith(TIMM_STUDENT_PREFIX):
         return metadata["arch"]
     shapes, _ = to_official_layout(shapes)  # type: ignore[arg-type]
     try:

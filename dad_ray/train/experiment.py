@@ -24,7 +24,9 @@ from typing import Any
 from dad_ray.config import ConfigError, ExperimentConfig, is_uri, save_config, with_absolute_paths
 from dad_ray.data import ensure_synthetic, storage
 from dad_ray.metrics import METRIC_KEYS
-from dad_ray.models import list_models, save_weights
+from dad_ray.models import is_model, save_weights
+from dad_ray.models.hub import weights_available
+from dad_ray.models.registry import unknown_model_message
 from dad_ray.runtime import init_ray
 from dad_ray.train.task import build_student
 from dad_ray.train.trainer import copy_student, fit, run_dir
@@ -40,20 +42,23 @@ METRICS_FILE = "final_metrics.json"
 
 def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
     """Indices of the teachers whose weights file is not given or does not exist."""
-    return [i for i, t in enumerate(cfg.model.teachers) if not t.weights or not Path(t.weights).is_file()]
+    return [i for i, t in enumerate(cfg.model.teachers) if not t.weights or not weights_available(t.weights)]
 
 
 def validate_experiment(cfg: ExperimentConfig) -> None:
     """Everything that can be checked before a worker starts: model names, weight files, data location."""
-    models = list_models()
     names = [("model.student", cfg.model.student)]
     if cfg.loss.mode == "distill":
         names += [(f"model.teachers[{i}].name", t.name) for i, t in enumerate(cfg.model.teachers)]
     for key, name in names:
-        if name not in models:
-            raise ConfigError(f"{key}: unknown model '{name}'; available: {', '.join(models)}")
-    if cfg.model.student_init != "none" and not Path(cfg.model.student_weights).is_file():
-        raise ConfigError(f"model.student_weights: file not found: {cfg.model.student_weights}")
+        if not is_model(name):
+            raise ConfigError(f"{key}: {unknown_model_message(name)}")
+    if cfg.model.student.startswith("timm:"):
+        validate_timm_student(cfg)
+    if cfg.model.student_init != "none" and not weights_available(cfg.model.student_weights):
+        raise ConfigError(
+            f"model.student_weights: file not found (nor in the Hugging Face cache): {cfg.model.student_weights}"
+        )
     if cfg.loss.mode == "distill" and not cfg.bootstrap.enabled:
         for i in _needs_bootstrap(cfg):
             weights = cfg.model.teachers[i].weights
@@ -69,6 +74,34 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
                     f"data.root: no shards for split '{split}' under {cfg.data.root} (make them with "
                     f"jobs/prepare_data.py, or set data.synthetic.train_samples to generate synthetic scenes)"
                 )
+
+
+def validate_timm_student(cfg: ExperimentConfig) -> None:
+    """A timm student is built (on the meta device: no memory, no weights) to check that it has multi-scale features
+    and takes dad_ray's input sizes (multiples of 14: crops, global views, evaluation sizes), and, with
+    ``model.student_pretrained``, that timm's weights are in the local cache."""
+    import torch
+
+    from dad_ray.models import create_model
+    from dad_ray.models.timm_student import PretrainedNotCachedError, cached_pretrained_file
+
+    name = cfg.model.student
+    try:
+        with torch.device("meta"):
+            student = create_model(name)
+    except ValueError as err:
+        raise ConfigError(f"model.student: {err}") from err
+    if 14 % student.size_multiple:
+        raise ConfigError(
+            f"model.student: {name} takes input sides that are multiples of {student.size_multiple}, but dad_ray's "
+            "crops, global views and evaluation sizes are multiples of 14 (the teachers' patch size): choose a "
+            "patch-14 ViT or a convolutional backbone (which pads its input)"
+        )
+    if cfg.model.student_pretrained:
+        try:
+            cached_pretrained_file(student.timm_name)
+        except PretrainedNotCachedError as err:
+            raise ConfigError(f"model.student_pretrained: {err}") from err
 
 
 def bootstrap_teachers(cfg: ExperimentConfig) -> None:

@@ -8,13 +8,14 @@ and, when the local-global loss is on, on the global view — so DDP sees a sing
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from dad_ray.config import ExperimentConfig, ModelConfig, TeacherConfig
-from dad_ray.losses import distill_losses, supervised_losses
+from dad_ray.losses import distill_losses, resample_tokens, supervised_losses
 from dad_ray.models import create_model, load_weights
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ class StudentTask(nn.Module):
 
     The projection maps student patch tokens (B, N, C_s) to the teacher width C_t for L_feat (the paper's students
     are narrower than their ViT-L teacher, so cosine alignment needs it); it is trained with the decoder lr and is
-    not part of the saved student weights.
+    not part of the saved student weights. Students whose token grid differs from the teacher's (timm students:
+    another patch size or a CNN's stride-32 map) are first resampled to the teacher's grid (:func:`token_layout`,
+    :func:`~dad_ray.losses.resample_tokens`); when the grids match nothing is done.
     """
 
     def __init__(self, student: nn.Module, teacher_dims: Sequence[int] = ()) -> None:
@@ -41,20 +44,35 @@ class StudentTask(nn.Module):
         return self.feat_proj[key](features) if key in self.feat_proj else features
 
     def forward(
-        self, crop: torch.Tensor, global_view: torch.Tensor | None = None, teacher_dim: int | None = None
+        self,
+        crop: torch.Tensor,
+        global_view: torch.Tensor | None = None,
+        teacher_dim: int | None = None,
+        teacher_grid: tuple[int, int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """crop (B, 3, C, C), global_view (B, 3, Gh, Gw) or None → {"crop": (B, C, C), "features": (B, N, C_t),
-        "global": (B, Gh, Gw)}."""
+        """crop (B, 3, C, C), global_view (B, 3, Gh, Gw) or None → {"crop": (B, C, C), "features": (B, N_t, C_t),
+        "global": (B, Gh, Gw)}; features on ``teacher_grid`` (the student's own grid when None)."""
         out: dict[str, torch.Tensor] = {}
         if teacher_dim is None:
             out["crop"] = self.student(crop)
         else:
             disparity, features = self.student(crop, return_features=True)
             out["crop"] = disparity
+            if teacher_grid is not None:
+                grid, extent = token_layout(self.student, *crop.shape[-2:])
+                features = resample_tokens(features, grid, extent, teacher_grid)  # (B, N_t, C_s)
             out["features"] = self.project(features, teacher_dim)
         if global_view is not None:
             out["global"] = self.student(global_view)
         return out
+
+
+def token_layout(model: nn.Module, height: int, width: int) -> tuple[tuple[int, int], tuple[float, float]]:
+    """(grid, extent) of the tokens ``model(x, return_features=True)`` returns for an H x W input: the grid (gh, gw)
+    and how many of its cells the image covers from the top-left (H / s, W / s for the model's token stride s:
+    ``feature_stride``, else ``patch_size``; less than the grid where a CNN student pads its input)."""
+    stride = getattr(model, "feature_stride", None) or model.patch_size
+    return (math.ceil(height / stride), math.ceil(width / stride)), (height / stride, width / stride)
 
 
 class TeacherPool:
@@ -88,8 +106,9 @@ class TeacherPool:
 
 
 def build_student(cfg: ModelConfig) -> nn.Module:
-    """The student from the registry, optionally initialised from a checkpoint (whole model or encoder only)."""
-    student = create_model(cfg.student)
+    """The student from the registry, optionally initialised from a checkpoint (whole model or encoder only) or, for
+    timm students, from timm's pretrained backbone weights in the local cache (``model.student_pretrained``)."""
+    student = create_model(cfg.student, **({"pretrained_backbone": True} if cfg.student_pretrained else {}))
     if cfg.student_init != "none":
         report = load_weights(student, cfg.student_weights, encoder_only=cfg.student_init == "encoder")
         logger.info(
@@ -126,8 +145,12 @@ def compute_losses(
         if use_lg:
             local = batch["local_images"]  # (B, N, 3, P, P)
             t_local = teacher(local.flatten(0, 1)).view(*local.shape[:2], *local.shape[-2:]).float()
+    crop_hw = batch["crop_image"].shape[-2:]
     out = model(
-        batch["crop_image"], batch["global_image"] if use_lg else None, teachers.dims[t_idx] if use_feat else None
+        batch["crop_image"],
+        batch["global_image"] if use_lg else None,
+        teachers.dims[t_idx] if use_feat else None,
+        token_layout(teacher, *crop_hw)[0] if use_feat else None,
     )
     parts = distill_losses(
         student_crop=out["crop"],

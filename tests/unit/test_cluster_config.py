@@ -29,7 +29,7 @@ from dad_ray.config import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-GPU_PRESETS = ("nyu_vitl_to_vitb", "nyu_vitl_to_vits", "nyu_multi_teacher")
+GPU_PRESETS = ("nyu_vitl_to_vitb", "nyu_vitl_to_vits", "nyu_multi_teacher", "nyu_vitl_to_convnext_atto")
 
 
 @pytest.fixture(scope="module")

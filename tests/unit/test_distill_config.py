@@ -69,3 +69,18 @@ def test_paths_become_absolute_for_workers_and_uris_stay(tmp_path, monkeypatch):
     assert cfg.model.teachers[0].weights == str(tmp_path / "runs" / ".cache" / "teacher_dav2_tiny_240x320.safetensors")
     assert cfg.train.output == "s3://bucket/runs" and cfg.model.student_weights == ""
     assert with_absolute_paths(cfg) == cfg
+
+
+def test_teacher_weights_from_the_hugging_face_cache_count_as_present(tmp_path, monkeypatch):
+    """An ``hf://`` teacher in the local hub cache is used as is (no bootstrap); one not in the cache is named."""
+    from dad_ray.models import create_model, save_weights
+
+    snapshot = tmp_path / "hub" / "models--org--teacher" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "hub" / "models--org--teacher" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--teacher" / "refs" / "main").write_text("a" * 40)
+    save_weights(create_model("dav2_micro"), snapshot / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _validate(**{"model.teachers.0.weights": "hf://org/teacher/model.safetensors", "bootstrap.enabled": False})
+    with pytest.raises(ConfigError, match=r"model.teachers\[0\].weights: file not found: hf://org/teacher/other"):
+        _validate(**{"model.teachers.0.weights": "hf://org/teacher/other.safetensors", "bootstrap.enabled": False})

@@ -204,3 +204,81 @@ def test_infer_model_name_from_metadata_and_shapes(tmp_path, source):
     fake["depth_head.scratch.layer1_rn.weight"] = torch.zeros(256, 1, 1, 1)
     torch.save(fake, tmp_path / "c.pth")
     assert infer_model_name(tmp_path / "c.pth") == "dav2_vitl"
+
+
+def test_transformers_layout_round_trip_through_load_weights(tmp_path, source, x):
+    """ours → transformers' DepthAnythingForDepthEstimation directory → load_weights → the same tensors."""
+    from dad_ray.models.export import export_hf
+
+    out = export_hf(source, tmp_path / "hf")
+    assert any(k.startswith("neck.") for k in load_file(str(out / "model.safetensors")))
+    for path in (out, out / "model.safetensors"):  # the directory or its weights file
+        target = _random(1)
+        report = load_weights(target, path)
+        assert report.layout == "transformers" and report.loaded == len(source.state_dict())
+        _assert_same_model(source, target, x)
+    assert infer_model_name(out) == NAME
+
+
+def test_transformers_layout_is_strict(tmp_path, source):
+    from dad_ray.models.hf_layout import to_transformers
+
+    state = to_transformers(source.state_dict())
+    state["neck.extra.weight"] = torch.zeros(2)
+    del state["backbone.encoder.layer.1.attention.attention.value.weight"]
+    save_file(state, str(tmp_path / "hf.safetensors"))
+    with pytest.raises(WeightsError) as err:
+        load_weights(_random(1), tmp_path / "hf.safetensors")
+    text = str(err.value)
+    assert "hf.safetensors" in text and "neck.extra.weight" in text
+    assert "pretrained.blocks.1.attn.qkv.weight" in text  # missing: the incomplete q / k / v group is named
+    assert "backbone.encoder.layer.1.attention.attention.query.weight" in text  # ... and left as is
+
+
+def _hub_cache(root, repo_id: str, files: dict[str, bytes], revision: str = "main", commit: str = "a" * 40):
+    """A Hugging Face hub cache as huggingface_hub lays it out: models--org--repo/{refs/<rev>,snapshots/<commit>/}."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    for name, data in files.items():
+        (repo / "snapshots" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / name).write_bytes(data)
+    return root
+
+
+def test_hf_hub_path_loads_from_the_cache_offline(tmp_path, source, x, monkeypatch):
+    weights = save_weights(source, tmp_path / "w.safetensors").read_bytes()
+    cache = _hub_cache(tmp_path / "hub", "org/student", {"model.safetensors": weights, "ckpt/s.safetensors": weights})
+    _hub_cache(cache, "org/student", {"model.safetensors": weights}, revision="v1", commit="b" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for path in (
+        "hf://org/student/model.safetensors",
+        "hf://org/student/ckpt/s.safetensors",
+        "hf://org/student@v1/model.safetensors",
+    ):
+        target = _random(1)
+        report = load_weights(target, path)
+        assert report.path == path
+        _assert_same_model(source, target, x)
+        assert infer_model_name(path) == NAME
+
+
+def test_hf_hub_path_not_cached_names_repo_file_and_fetch_command(tmp_path, monkeypatch):
+    from dad_ray.models.hub import HubFileNotCachedError, parse_hub_path, weights_available
+
+    cache = _hub_cache(tmp_path / "hub", "org/student", {"model.safetensors": b"x"})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    for path, repo, name in [
+        ("hf://org/student/other.safetensors", "org/student", "other.safetensors"),
+        ("hf://org/absent/model.safetensors", "org/absent", "model.safetensors"),
+    ]:
+        with pytest.raises(HubFileNotCachedError) as err:
+            load_weights(_random(1), path)
+        assert isinstance(err.value, FileNotFoundError)
+        text = str(err.value)
+        assert repo in text and name in text and str(cache) in text and f"hf download {repo} {name}" in text
+        assert not weights_available(path)
+    assert weights_available("hf://org/student/model.safetensors")
+    with pytest.raises(ValueError, match="hf://<org>/<repo>"):
+        parse_hub_path("hf://just-a-repo/file")
