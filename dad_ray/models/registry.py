@@ -10,6 +10,7 @@ import logging
 from dad_ray.models.depth_anything import DepthAnythingV2
 from dad_ray.models.spec import ENCODERS, ModelSpec
 from dad_ray.models.timm_student import TIMM_PREFIX, ZOO, TimmDepthModel, create_timm_student
+from dad_ray.models.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ def get_spec(name: str, **overrides) -> ModelSpec:
     return dataclasses.replace(spec, **overrides)
 
 
-def create_model(name: str, **overrides) -> DepthAnythingV2 | TimmDepthModel:
-    """Build a registry model with random weights, e.g. ``create_model("dav2_vitl")`` or ``"timm:convnext_atto"``.
+def create_model(name: str, pretrained: str | None = None, **overrides) -> DepthAnythingV2 | TimmDepthModel:
+    """Build a registry model, e.g. ``create_model("dav2_vitl")`` or ``"timm:convnext_atto"``: random weights, or
+    with ``pretrained`` the weights of that checkpoint, loaded strictly by :func:`~dad_ray.models.load_weights`
+    (any layout it reads; a local path or ``hf://org/repo/file`` from the local Hugging Face cache).
 
     ``overrides`` replace fields of the table row (e.g. ``depth=6``), or, for ``timm:`` names, set the head width
     (``features``), CNN input padding (``pad_input``) and ``pretrained_backbone`` (timm's weights from the local
@@ -70,8 +73,10 @@ def create_model(name: str, **overrides) -> DepthAnythingV2 | TimmDepthModel:
     if name.startswith(TIMM_PREFIX):
         model = create_timm_student(name, **overrides)
         logger.debug("created %s (%d levels, stride %d)", name, len(model.indices), model.feature_stride)
-        return model
-    spec = get_spec(name, **overrides)
-    model = DepthAnythingV2(spec, name=name)
-    logger.debug("created %s (%s)", name, spec)
+    else:
+        spec = get_spec(name, **overrides)
+        model = DepthAnythingV2(spec, name=name)
+        logger.debug("created %s (%s)", name, spec)
+    if pretrained:
+        load_weights(model, pretrained)
     return model

@@ -282,3 +282,15 @@ def test_hf_hub_path_not_cached_names_repo_file_and_fetch_command(tmp_path, monk
     assert weights_available("hf://org/student/model.safetensors")
     with pytest.raises(ValueError, match="hf://<org>/<repo>"):
         parse_hub_path("hf://just-a-repo/file")
+
+
+def test_create_model_with_pretrained_weights_from_a_path_or_the_hub_cache(tmp_path, source, x, monkeypatch):
+    from dad_ray.models.hub import HubFileNotCachedError
+
+    path = save_weights(source, tmp_path / "w.safetensors")
+    _assert_same_model(create_model(source.model_name, pretrained=str(path)), source, x)
+    cache = _hub_cache(tmp_path / "hub", "org/student", {"model.safetensors": path.read_bytes()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    _assert_same_model(create_model(source.model_name, pretrained="hf://org/student/model.safetensors"), source, x)
+    with pytest.raises(HubFileNotCachedError, match="file 'other.safetensors' of the Hugging Face repo 'org/student'"):
+        create_model(source.model_name, pretrained="hf://org/student/other.safetensors")
