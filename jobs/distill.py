@@ -6,7 +6,8 @@
     ray job submit --working-dir . -- python jobs/distill.py --preset ...         # the same, as a Ray job
 
 Outputs go to <output>/<name>/ (config.yaml, tensorboard/, checkpoints/, final_metrics.json). Running again with the
-same --output and --name continues the run from its latest checkpoint.
+same --output and --name continues the run from its latest checkpoint (--max-steps may grow); a config that differs
+from the run's config.yaml in any other key is refused with the differing keys, unless --fresh deletes the run first.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ SHORTCUTS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, SHORTCUTS)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the run in <output>/<name> (local or URI) and start a new one under that name, instead of "
+        "continuing it (needed when the config differs from the run's config.yaml)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -40,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(config_to_yaml(cfg))
         return 0
-    from dad_ray.train import format_metrics_table, run_dir, run_experiment, validate_experiment
+    from dad_ray.train import check_run_config, format_metrics_table, run_dir, run_experiment, validate_experiment
 
     try:
         validate_experiment(cfg)  # before Ray starts: bad names and missing files fail in a second
+        if not args.fresh:
+            check_run_config(cfg)  # ... and so does a changed config for an existing run
+        metrics = run_experiment(cfg, fresh=args.fresh)
     except ConfigError as err:
         parser.error(str(err))
 
-    metrics = run_experiment(cfg)
     print(format_metrics_table(metrics))
     print(f"outputs: {run_dir(cfg)}")
     return 0

@@ -8,6 +8,11 @@ Writes <out>/<name>.npy (float32 disparity at the input image size) and <out>/<n
 The short side is resized to --input-size (multiples of 14, aspect kept) as in the official inference. More than
 --ray-threshold images (or --ray on, or a shard directory) run as Ray Data batch inference with an actor pool
 (one actor per GPU); images of different sizes are batched by size.
+
+An unreadable input (corrupt or truncated image, a shard row whose image does not decode) stops the job with exit
+status 2 and one line naming it (`predict: error: <path>: cannot read image (<reason>)`); the images before it in
+input order are written, none after it. With --skip-bad every good image is written and each unreadable one is
+logged as a warning and listed with its reason in <out>/skipped.json.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dad_ray.inference import PredictOptions, run_predict
+from dad_ray.data import DataError
+from dad_ray.inference import PredictOptions, predict_inputs
 from dad_ray.logging_utils import setup_logging
 from dad_ray.models import list_models
 from dad_ray.models.weights import infer_model_name
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-threshold", type=int, default=256, help="'auto' uses Ray above this many images")
     parser.add_argument("--actors", type=int, default=0, help="Ray model actors (0: one per GPU, or 1 on CPU)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs, listing them in skipped.json")
     args = parser.parse_args(argv)
     setup_logging()
     opts = PredictOptions(
@@ -49,9 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         actors=args.actors,
         cpus_per_actor=args.cpus_per_actor,
         bf16=args.bf16,
+        skip_bad=args.skip_bad,
     )
-    count = run_predict(args.inputs, opts, ray_mode=args.ray, ray_threshold=args.ray_threshold)
-    print(f"wrote {count} depth map(s) (.npy + .png) to {args.out} with {opts.model}")
+    try:
+        summary = predict_inputs(args.inputs, opts, ray_mode=args.ray, ray_threshold=args.ray_threshold)
+    except DataError as err:
+        parser.exit(2, f"predict: error: {err}\n")
+    line = f"wrote {summary.written} depth map(s) (.npy + .png) to {args.out} with {opts.model}"
+    if args.skip_bad:
+        line += f", skipped {len(summary.skipped)} unreadable input(s) (listed in {args.out}/skipped.json)"
+    print(line)
     return 0
 
 

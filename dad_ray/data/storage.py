@@ -58,6 +58,20 @@ def delete(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_file(path)
 
 
+def children(path: str) -> list[str]:
+    """Names of the entries directly under the directory ``path`` (local or URI), sorted; [] when there is none."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(inner)))
+
+
+def clear_dir(path: str) -> None:
+    """Delete everything under the directory ``path`` (local or URI) and keep the directory; nothing there is fine."""
+    fs, inner = resolve(path)
+    fs.delete_dir_contents(inner, missing_dir_ok=True)
+
+
 def upload_tree(local_dir: str | os.PathLike, uri: str) -> None:
     """Copy every file under ``local_dir`` to ``uri`` (a directory, local or URI), overwriting same-named files."""
     fs, inner = resolve(uri)

@@ -4,8 +4,9 @@ Two engines, same outputs:
 
 - **local** (few images): images are decoded in the driver, grouped by size (a batch only ever holds images of one
   size: that is what lets mixed sizes run batched), predicted ``batch_size`` at a time on one device;
-- **Ray Data** (many images, or a shard directory): ``ray.data.read_images`` (or ``dad_ray.data.read_shards``) →
-  ``map_batches(DepthPredictor, compute=ActorPoolStrategy(size=actors), num_gpus=1 per actor on GPU)`` (actors
+- **Ray Data** (many images, or a shard directory): ``ray.data.read_binary_files`` (or the shards' row groups) →
+  a decoding ``map_batches`` task step →
+  ``map_batches(RowPredictor, compute=ActorPoolStrategy(size=actors), num_gpus=1 per actor on GPU)`` (actors
   planned by :func:`~dad_ray.inference.actors.plan_actors`) — the model is loaded once per actor; inside an actor
   each batch is again split by image size. Results stream back to the driver in input order, which writes the
   files, so ``--out`` may be a local directory even on a multi-node cluster.
@@ -13,23 +14,36 @@ Two engines, same outputs:
 Output names mirror the input paths relative to their common directory (``a/b.jpg`` → ``<out>/a/b.npy`` and
 ``<out>/a/b.png``); shard rows are named by their ``key``. The ``.npy`` holds the raw
 relative disparity (float32, input image size); the PNG is its colour map (:func:`dad_ray.viz.colorize`).
+
+Unreadable inputs (a corrupt or truncated image file, a shard row whose stored image does not decode) never reach
+the model: both engines decode each input themselves (the Ray Data engine reads bytes with
+``ray.data.read_binary_files`` and decodes them in a ``map_batches`` step that turns a failure into an ``error``
+column) and the driver acts on it in input order. By default the first unreadable input stops the job with a
+:class:`~dad_ray.data.DataError` naming it (``<path>: cannot read image (<reason>)``, or ``<shard> row <key>: ...``);
+the good inputs before it (in input order) are written, none after it. With ``skip_bad`` every good input is
+written and each unreadable one is logged as a warning and listed with its reason in ``<out>/skipped.json``.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dad_ray.data import storage
+from dad_ray.data.codec import decode_image
+from dad_ray.data.errors import DataError
 from dad_ray.inference.actors import plan_for_cluster
 from dad_ray.models.hub import is_hub_path
 from dad_ray.models.inference import DepthPredictor, resolve_device
@@ -41,6 +55,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SHARD_MARKERS = ("manifest.json",)  # a shard split directory (dad_ray.data.manifest)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+SKIPPED_FILE = "skipped.json"  # <out>/skipped.json: the inputs --skip-bad left out, each with its reason
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)  # the image of an unreadable row in the Ray stream (never predicted)
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class PredictOptions:
     actors: int = 0  # Ray actors; 0 = one per GPU, or 1 on CPU
     cpus_per_actor: float = 1.0
     bf16: bool = False  # bf16 autocast (GPU); fp32 otherwise
+    skip_bad: bool = False  # skip unreadable inputs (listed in <out>/skipped.json) instead of stopping
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -105,17 +122,66 @@ def write_prediction(disparity: np.ndarray, out_dir: Path, stem: Path, cmap: str
     Image.fromarray(colorize(disparity, cmap=cmap)).save(target.with_suffix(".png"))
 
 
+@dataclass
+class PredictSummary:
+    """What a prediction run did: ``written`` images (.npy + .png each) and the ``skipped`` unreadable inputs
+    (``{"path", "reason"}``, plus ``"key"`` for a shard row), in input order."""
+
+    written: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def bad(self, entry: dict[str, str], skip_bad: bool) -> None:
+        """An unreadable input: raise its :class:`DataError` (message naming it) unless ``skip_bad``, which logs a
+        warning and records it."""
+        where = entry["path"] if "key" not in entry else f"{entry['path']} row {entry['key']}"
+        message = f"{where}: cannot read image ({entry['reason']})"
+        if not skip_bad:
+            raise DataError(message)
+        logger.warning("skipped: %s", message)
+        self.skipped.append(entry)
+
+
+def decode_rgb(data) -> tuple[np.ndarray | None, str]:
+    """Encoded image bytes → ``(uint8 (H, W, 3) RGB, "")``, or ``(None, reason)`` when they do not decode."""
+    try:
+        return decode_image(data), ""
+    except DataError as err:  # decode_image names "<bytes>"; the caller names the input
+        cause = err.__cause__ or err
+        if isinstance(cause, UnidentifiedImageError):  # its message shows a BytesIO repr, not a reason
+            return None, "unknown image format or not an image"
+        return None, str(cause)
+
+
+def _read_rgb(path: str | Path) -> tuple[np.ndarray | None, str]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return None, str(err)
+    return decode_rgb(data)
+
+
 def load_rgb(path: Path) -> np.ndarray:
-    """An image file → uint8 (H, W, 3) RGB."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """An image file → uint8 (H, W, 3) RGB; an unreadable file raises :class:`DataError` naming it."""
+    image, reason = _read_rgb(path)
+    if image is None:
+        raise DataError(f"{path}: cannot read image ({reason})")
+    return image
 
 
-def _batches_by_size(files: Sequence[Path], batch_size: int) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
-    """Decode files in order; yield full same-size batches as they fill up, then the remainders."""
+def _batches_by_size(
+    files: Sequence[Path], batch_size: int, summary: PredictSummary, skip_bad: bool
+) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """Decode files in order; yield full same-size batches as they fill up, then the remainders. An unreadable file
+    goes to ``summary.bad`` — without ``skip_bad`` after the images before it were yielded, so they get written."""
     pending: dict[tuple[int, ...], tuple[list[Path], list[np.ndarray]]] = {}
     for path in files:
-        image = load_rgb(path)
+        image, reason = _read_rgb(path)
+        if image is None:
+            if not skip_bad:
+                yield from pending.values()
+                pending.clear()
+            summary.bad({"path": str(path), "reason": reason}, skip_bad)
+            continue
         paths, images = pending.setdefault(image.shape, ([], []))
         paths.append(path)
         images.append(image)
@@ -124,28 +190,66 @@ def _batches_by_size(files: Sequence[Path], batch_size: int) -> Iterator[tuple[l
     yield from pending.values()
 
 
-def predict_local(files: Sequence[Path], root: Path, opts: PredictOptions) -> int:
-    """Predict ``files`` in this process; returns the number of images written."""
+def predict_local(files: Sequence[Path], root: Path, opts: PredictOptions) -> PredictSummary:
+    """Predict ``files`` in this process."""
     predictor = DepthPredictor(
         opts.model, opts.checkpoint, opts.input_size, opts.device, opts.batch_size, amp_dtype=opts.amp_dtype
     )
     out_dir = Path(opts.out)
-    done = 0
+    summary = PredictSummary()
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
-        for paths, images in _batches_by_size(files, opts.batch_size):
+        for paths, images in _batches_by_size(files, opts.batch_size, summary, opts.skip_bad):
             for path, disparity in zip(paths, predictor.predict(images)):
                 write_prediction(disparity, out_dir, output_stem(path, root), opts.cmap)
-            done += len(paths)
+            summary.written += len(paths)
             bar.update(len(paths))
-    return done
+    return summary
 
 
-def predict_dataset(ds, name_column: str | None, root: Path | None, total: int | None, opts: PredictOptions) -> int:
+def _stack_or_ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """(B, ...) when all shapes match, else an object array of the per-row arrays (Ray's variable-shaped tensors)."""
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+class RowPredictor(DepthPredictor):
+    """:class:`DepthPredictor` for rows that may carry an ``error`` (a decode failure): only the rows without one
+    are predicted; the others keep their columns and get a 1x1 NaN ``disparity`` (the driver never writes it)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "error" not in batch:
+            return super().__call__(batch)
+        images = batch[self.image_column]
+        good = [i for i, error in enumerate(batch["error"]) if not error]
+        disparity = [np.full((1, 1), np.nan, np.float32)] * len(batch["error"])
+        for i, d in zip(good, self.predict([images[i] for i in good])):
+            disparity[i] = d
+        out = {k: v for k, v in batch.items() if k != self.image_column or self.keep_image}
+        out[self.output_column] = _stack_or_ragged(disparity)
+        return out
+
+
+def _bad_entry(batch: dict[str, np.ndarray], i: int) -> dict[str, str]:
+    """The ``skipped.json`` entry of row ``i``: its image file, or its shard file and key."""
+    if "shard" in batch:
+        return {"path": str(batch["shard"][i]), "key": str(batch["key"][i]), "reason": str(batch["error"][i])}
+    return {"path": str(batch["path"][i]), "reason": str(batch["error"][i])}
+
+
+def predict_dataset(
+    ds, name_column: str | None, root: Path | None, total: int | None, opts: PredictOptions
+) -> PredictSummary:
     """Ray Data batch inference over a dataset with an ``image`` column; the driver writes the files in order.
 
-    ``name_column`` names each output: a path relative to ``root`` (``"path"`` from ``read_images``), or with
+    ``name_column`` names each output: a path relative to ``root`` (``"path"`` of an image file), or with
     ``root=None`` a key used as a file name (characters other than ``A-Za-z0-9._-`` → ``_``); without a name column,
-    rows are numbered in dataset order.
+    rows are numbered in dataset order. An optional ``error`` column (non-empty: the reason the row's image could
+    not be decoded) marks unreadable rows: they are not predicted and go to :meth:`PredictSummary.bad`, named by
+    ``path`` or by ``shard`` + ``key``.
     """
     import ray.data
 
@@ -154,7 +258,7 @@ def predict_dataset(ds, name_column: str | None, root: Path | None, total: int |
     use_gpu = None if opts.device == "auto" else resolve_device(opts.device).type == "cuda"
     plan = plan_for_cluster(use_gpu=use_gpu, actors=opts.actors, cpus_per_actor=opts.cpus_per_actor)
     predicted = ds.map_batches(
-        DepthPredictor,
+        RowPredictor,
         fn_constructor_kwargs={
             "model_name": opts.model,
             "weights": opts.checkpoint if is_hub_path(opts.checkpoint) else str(Path(opts.checkpoint).resolve()),
@@ -169,44 +273,97 @@ def predict_dataset(ds, name_column: str | None, root: Path | None, total: int |
     )
     logger.info("Ray Data inference: %d actor(s) with %s, batch %d", plan.count, plan.resources, opts.batch_size)
     out_dir = Path(opts.out)
-    done = 0
+    summary = PredictSummary()
     with tqdm(total=total, desc="predict (ray)", unit="img") as bar:
         for batch in predicted.iter_batches(batch_size=opts.batch_size, batch_format="numpy"):
             disparities = batch["disparity"]
             for i in range(len(disparities)):
+                if "error" in batch and batch["error"][i]:
+                    summary.bad(_bad_entry(batch, i), opts.skip_bad)
+                    continue
                 if name_column is None:
-                    stem = Path(f"{done:06d}")
+                    stem = Path(f"{summary.written:06d}")
                 elif root is None:
                     stem = Path(_SAFE_NAME.sub("_", str(batch[name_column][i])))
                 else:
                     stem = output_stem(str(batch[name_column][i]), root)
                 write_prediction(np.asarray(disparities[i]), out_dir, stem, opts.cmap)
-                done += 1
+                summary.written += 1
             bar.update(len(disparities))
-    return done
+    return summary
 
 
-def predict_images_ray(files: Sequence[Path], root: Path, opts: PredictOptions) -> int:
-    """Images through Ray Data (``read_images`` keeps each image's size; mixed sizes are fine)."""
+def _decode_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``read_binary_files`` rows (``bytes``, ``path``) → ``path``, ``image`` (uint8 RGB at its own size), ``error``
+    ("" or why the file does not decode; its image is then a 1x1 placeholder)."""
+    images, errors = [], []
+    for data in batch["bytes"]:
+        image, reason = decode_rgb(data)
+        images.append(_PLACEHOLDER if image is None else image)
+        errors.append(reason)
+    return {"path": batch["path"], "image": _stack_or_ragged(images), "error": np.array(errors, dtype=object)}
+
+
+def predict_images_ray(files: Sequence[Path], root: Path, opts: PredictOptions) -> PredictSummary:
+    """Images through Ray Data: bytes (``read_binary_files``) → decoded in tasks (:func:`_decode_files`, each image
+    keeps its size; mixed sizes are fine) → the actor pool."""
     import ray.data
 
-    ds = ray.data.read_images([str(p) for p in files], mode="RGB", include_paths=True, num_cpus=1)
+    ds = ray.data.read_binary_files([str(p) for p in files], include_paths=True, num_cpus=1)
+    ds = ds.map_batches(_decode_files, batch_size=None, num_cpus=1, batch_format="numpy")
     return predict_dataset(ds, "path", root, len(files), opts)
 
 
-def predict_shards(path: str | Path, opts: PredictOptions) -> int:
-    """Every row of a shard split directory (``dad_ray.data.read_shards``), named by its ``key`` column."""
-    from dad_ray.data import read_shards
-    from dad_ray.data.manifest import read_manifest
+def _decode_shard_units(batch: dict[str, np.ndarray], fs: Any) -> Iterator[dict[str, np.ndarray]]:
+    """Row groups (``path`` inside ``fs``, ``row_group``, ``shard`` = the shard's name for messages) → ``key``,
+    ``image`` (decoded), ``error`` ("" or why the stored image does not decode), ``shard``; depth is not read."""
+    from dad_ray.data.shards import read_row_group
 
-    total = int(read_manifest(str(path))["num_samples"])
-    ds = read_shards(str(path)).select_columns(["key", "image"])
-    return predict_dataset(ds, "key", None, total, opts)
+    for path, group, shard in zip(batch["path"], batch["row_group"], batch["shard"]):
+        rows = read_row_group(fs, str(path), int(group))
+        images, errors = [], []
+        for data in rows["image"]:
+            image, reason = decode_rgb(data)
+            images.append(_PLACEHOLDER if image is None else image)
+            errors.append(reason)
+        yield {
+            "key": np.array(rows["key"], dtype=object),
+            "image": _stack_or_ragged(images),
+            "error": np.array(errors, dtype=object),
+            "shard": np.array([shard] * len(errors), dtype=object),
+        }
 
 
-def run_predict(inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "auto", ray_threshold: int = 256) -> int:
+def predict_shards(path: str | Path, opts: PredictOptions) -> PredictSummary:
+    """Every row of a shard split directory (manifest + shards validated first), named by its ``key`` column; a row
+    whose image does not decode is named by its shard file and key."""
+    import ray.data
+
+    from dad_ray.data.shards import row_groups, shard_files
+
+    manifest, files, fs = shard_files(str(path))
+    units = [{**u, "shard": storage.join(str(path), os.path.basename(u["path"]))} for u in row_groups(manifest, files)]
+    ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+        _decode_shard_units, fn_kwargs={"fs": fs}, batch_size=1, num_cpus=1, batch_format="numpy"
+    )
+    return predict_dataset(ds, "key", None, int(manifest["num_samples"]), opts)
+
+
+def _write_skipped(summary: PredictSummary, out: str) -> None:
+    target = Path(out) / SKIPPED_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary.skipped, indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def predict_inputs(
+    inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "auto", ray_threshold: int = 256
+) -> PredictSummary:
     """Route to the engine: a shard directory → Ray; images → Ray when ``ray_mode == "on"`` or, with ``"auto"``,
-    when there are more than ``ray_threshold`` of them; otherwise local. Returns the number of images written."""
+    when there are more than ``ray_threshold`` of them; otherwise local. With ``opts.skip_bad`` the skipped inputs
+    are written to ``<out>/skipped.json`` (an empty list when there were none); if every input was unreadable that
+    is still a :class:`DataError`."""
     if ray_mode not in ("auto", "on", "off"):
         raise ValueError(f"ray_mode must be 'auto', 'on' or 'off', got {ray_mode!r}")
     shards = [i for i in inputs if is_shard_dir(i)]
@@ -216,11 +373,23 @@ def run_predict(inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "au
         if ray_mode == "off":
             raise ValueError(f"{shards[0]} is a shard directory: it is read with Ray Data (drop --ray off)")
         init_ray()
-        return predict_shards(shards[0], opts)
-    files, root = collect_images(inputs)
-    use_ray = ray_mode == "on" or (ray_mode == "auto" and len(files) > ray_threshold)
-    logger.info("%d image(s) under %s → %s (%s)", len(files), root, opts.out, "Ray Data" if use_ray else "local")
-    if use_ray:
-        init_ray()
-        return predict_images_ray(files, root, opts)
-    return predict_local(files, root, opts)
+        summary = predict_shards(shards[0], opts)
+    else:
+        files, root = collect_images(inputs)
+        use_ray = ray_mode == "on" or (ray_mode == "auto" and len(files) > ray_threshold)
+        logger.info("%d image(s) under %s → %s (%s)", len(files), root, opts.out, "Ray Data" if use_ray else "local")
+        if use_ray:
+            init_ray()
+            summary = predict_images_ray(files, root, opts)
+        else:
+            summary = predict_local(files, root, opts)
+    if opts.skip_bad:
+        _write_skipped(summary, opts.out)
+        if summary.written == 0:
+            raise DataError(f"every input was unreadable ({len(summary.skipped)} listed in {opts.out}/{SKIPPED_FILE})")
+    return summary
+
+
+def run_predict(inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "auto", ray_threshold: int = 256) -> int:
+    """:func:`predict_inputs`, returning the number of images written."""
+    return predict_inputs(inputs, opts, ray_mode, ray_threshold).written

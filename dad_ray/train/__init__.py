@@ -12,6 +12,7 @@ from typing import Any
 # public name -> the module of dad_ray.train that defines it
 _API = {
     "build_trainer": "trainer",
+    "check_run_config": "experiment",
     "fit": "trainer",
     "run_dir": "trainer",
     "format_metrics_table": "experiment",

@@ -3,7 +3,9 @@
 
 Outputs of a run (``<train.output>/<train.name>/``):
 
-    config.yaml            the resolved config (``jobs/distill.py --config`` on it reproduces the run)
+    config.yaml            the resolved config (``jobs/distill.py --config`` on it reproduces the run); a new
+                           submission whose config differs from it (outside RESUMABLE_KEYS) is refused, or with
+                           ``fresh`` the run directory is emptied and a new run starts there
     tensorboard/           scalars, image grids (rank 0)
     checkpoints/           Ray Train's run directory: checkpoint_step*/ (best K by validation AbsRel + latest)
     progress.jsonl         one line per optimizer step and per worker-group start
@@ -15,21 +17,26 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import uuid
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dad_ray.config import ConfigError, ExperimentConfig, is_uri, save_config, with_absolute_paths
+import yaml
+
+from dad_ray.config import ConfigError, ExperimentConfig, from_dict, is_uri, save_config, to_dict, with_absolute_paths
 from dad_ray.data import ensure_synthetic, storage
 from dad_ray.metrics import METRIC_KEYS
 from dad_ray.models import is_model, save_weights
 from dad_ray.models.hub import weights_available
 from dad_ray.models.registry import unknown_model_message
 from dad_ray.runtime import init_ray
+from dad_ray.train.monitor import JOURNAL_FILE
 from dad_ray.train.task import build_student
-from dad_ray.train.trainer import copy_student, fit, run_dir
+from dad_ray.train.trainer import CHECKPOINT_DIR, copy_student, fit, run_dir
 from dad_ray.train.worker import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -38,6 +45,28 @@ CONFIG_FILE = "config.yaml"
 UNTRAINED_FILE = "untrained_student.safetensors"
 FINAL_STUDENT_FILE = "student.safetensors"
 METRICS_FILE = "final_metrics.json"
+
+# The keys in which a new submission may differ from the config.yaml of the run it continues: they say how long the
+# run goes on, where it lives and how it rides out failures — not how the checkpoints it resumes were trained. Any
+# other difference would resume old weights under a config that does not describe them, so it is refused.
+#   optim.max_steps     continuing a run for longer is what resubmitting is for (the schedule's horizon moves with it)
+#   train.name/output   the run's location: the saved config was found there, so a run directory moved or copied
+#                       elsewhere (or a URI spelled with a trailing '/') is still the same run
+#   train.max_failures  how many worker failures Ray Train retries
+#   train.fail_at_step  the fault-injection test hook (first attempt only)
+RESUMABLE_KEYS = frozenset(
+    {"optim.max_steps", "train.name", "train.output", "train.max_failures", "train.fail_at_step"}
+)
+# what a run directory holds once a run started in it (``fresh`` empties only such directories)
+RUN_MARKERS = frozenset({CONFIG_FILE, CHECKPOINT_DIR, JOURNAL_FILE, "tensorboard", UNTRAINED_FILE})
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()  # a key one of two compared configs does not have
 
 
 def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
@@ -134,11 +163,110 @@ def bootstrap_teachers(cfg: ExperimentConfig) -> None:
         logger.info("bootstrap: teacher cached at %s", dest)
 
 
-def prepare_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Validate, make paths absolute, generate synthetic shards if configured, and bootstrap missing teachers — once,
-    before any trial or worker starts. Returns the config to run (absolute paths; teacher files exist)."""
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of a plain config dict; lists of mappings (``model.teachers``) by index
+    (``model.teachers.0.weights``, as ``--set`` addresses them), other lists (``data.global_size``) as one value."""
+    if isinstance(tree, Mapping):
+        items = [(str(k), v) for k, v in tree.items()]
+    elif isinstance(tree, list | tuple) and any(isinstance(v, Mapping) for v in tree):
+        items = [(str(i), v) for i, v in enumerate(tree)]
+    else:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flat_config(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def config_changes(
+    saved: Mapping[str, Any], new: Mapping[str, Any], allowed: Collection[str] = RESUMABLE_KEYS
+) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved value, new value)}`` for every leaf that differs between two plain config dicts
+    (:data:`ABSENT` where one has no such key), keys in ``allowed`` left out. Pure: no files, no Ray."""
+    old_flat, new_flat = flat_config(saved), flat_config(new)
+    keys = [*new_flat, *(k for k in old_flat if k not in new_flat)]
+    changes = {k: (old_flat.get(k, ABSENT), new_flat.get(k, ABSENT)) for k in keys if k not in allowed}
+    return {k: (old, new_) for k, (old, new_) in changes.items() if old != new_}
+
+
+def changed_config_message(directory: str, changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """The refusal: which keys differ from the run's saved config (old → new) and the three ways forward."""
+    lines = [f"  {key}: {old!r} → {new!r}" for key, (old, new) in changes.items()]
+    return (
+        f"{directory} holds a run whose saved config differs from this one in {len(lines)} key(s); continuing it "
+        "would resume its checkpoints under settings that did not train them:\n"
+        + "\n".join(lines)
+        + f"\nResubmit with the run's config (--config {storage.join(directory, CONFIG_FILE)}; only "
+        + ", ".join(sorted(RESUMABLE_KEYS))
+        + " may change), choose another --name, or pass --fresh to delete this run and start a new one under its name"
+    )
+
+
+def saved_config(directory: str) -> dict[str, Any] | None:
+    """The ``config.yaml`` of the run at ``directory`` (local or URI, read through :mod:`dad_ray.data.storage`) as a
+    plain dict normalised as a new config is (defaults filled in, local paths absolute); None if there is none."""
+    path = storage.join(directory, CONFIG_FILE)
+    fs, inner = storage.resolve(path)
+    if not storage.exists(fs, inner):
+        return None
+    try:
+        data = yaml.safe_load(storage.read_bytes(fs, inner)) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping, got {type(data).__name__}")
+        cfg = from_dict(ExperimentConfig, data)
+    except (yaml.YAMLError, ConfigError) as err:
+        raise ConfigError(
+            f"{path}: the saved config of this run cannot be read ({err}); pass --fresh to delete the run and start a "
+            "new one under its name"
+        ) from None
+    return to_dict(with_absolute_paths(cfg))
+
+
+def check_run_config(cfg: ExperimentConfig) -> None:
+    """Refuse (:class:`ConfigError` listing the keys) to continue the run in ``cfg``'s run directory when ``cfg``
+    differs from its saved ``config.yaml`` outside :data:`RESUMABLE_KEYS`; no saved config: nothing to check."""
+    directory = run_dir(cfg)
+    saved = saved_config(directory)
+    if saved is None:
+        return
+    changes = config_changes(saved, to_dict(with_absolute_paths(cfg)))
+    if changes:
+        raise ConfigError(changed_config_message(directory, changes))
+
+
+def start_fresh(cfg: ExperimentConfig) -> None:
+    """``--fresh``: delete everything in ``cfg``'s run directory (local or URI; for a URI also the driver's local
+    staging copy) so that a new run starts under the same name. A non-empty directory that holds none of a run's
+    files (:data:`RUN_MARKERS`) is refused rather than emptied."""
+    directory = run_dir(cfg)
+    if cfg.train.name in (".", ".."):
+        raise ConfigError(f"train.name: --fresh needs a run name, not {cfg.train.name!r}")
+    names = storage.children(directory)
+    if names and not RUN_MARKERS.intersection(names):
+        raise ConfigError(
+            f"--fresh: {directory} does not look like a run directory (none of {', '.join(sorted(RUN_MARKERS))} in "
+            "it), so it is not deleted: choose another --name, or delete it yourself"
+        )
+    storage.clear_dir(directory)
+    files = RunFiles(directory)
+    if files.remote:
+        shutil.rmtree(files.staging, ignore_errors=True)
+    if names:
+        logger.warning("--fresh: deleted the run in %s (%s); starting a new run there", directory, ", ".join(names))
+    else:
+        logger.info("--fresh: no run in %s yet; starting a new run there", directory)
+
+
+def prepare_experiment(cfg: ExperimentConfig, *, fresh: bool = False) -> ExperimentConfig:
+    """Validate, make paths absolute, check that a run of the same name was made with this config (or, ``fresh``,
+    delete it), generate synthetic shards if configured, and bootstrap missing teachers — once, before any trial or
+    worker starts. Returns the config to run (absolute paths; teacher files exist)."""
     cfg = with_absolute_paths(cfg)
     validate_experiment(cfg)
+    if fresh:
+        start_fresh(cfg)
+    else:
+        check_run_config(cfg)
     init_ray()
     if cfg.data.synthetic.train_samples > 0:
         ensure_synthetic(cfg.data.root, cfg.data.synthetic, splits=(cfg.data.train_split, cfg.data.val_split))
@@ -213,14 +341,17 @@ def _models_to_evaluate(cfg: ExperimentConfig, student: str, untrained: str) -> 
     return models
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, *, fresh: bool = False) -> dict[str, Any]:
     """The whole job: prepare → fit (resuming a run of the same name) → evaluate → ``final_metrics.json``.
+
+    A run of the same name whose saved config differs (outside :data:`RESUMABLE_KEYS`) is refused with a
+    :class:`ConfigError`; ``fresh`` deletes it first and starts a new run under its name.
 
     The run directory may be local or a URI (``train.output=s3://bucket/runs``): Ray Train stores the checkpoints
     there itself, the workers upload TensorBoard and the journal, and the driver uploads its files from a local
     staging directory (:class:`RunFiles`), so every node can read the weights the final evaluation uses.
     """
-    cfg = prepare_experiment(cfg)
+    cfg = prepare_experiment(cfg, fresh=fresh)
     files = RunFiles(run_dir(cfg))
     save_config(cfg, files.local(CONFIG_FILE))
     files.publish(CONFIG_FILE)

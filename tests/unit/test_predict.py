@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +16,8 @@ import torch
 from PIL import Image
 
 from dad_ray import runtime
-from dad_ray.inference import PredictOptions, collect_images, run_predict
+from dad_ray.data import DataError
+from dad_ray.inference import PredictOptions, collect_images, predict_inputs, run_predict
 from dad_ray.models import DepthPredictor, create_model, network_input_size, predict_disparity, save_weights
 from dad_ray.models.inference import preprocess
 from dad_ray.viz import colorize, make_grid
@@ -166,6 +171,71 @@ def test_predict_job_local_end_to_end(tmp_path, image_dir, checkpoint):
     ]
 
 
+@pytest.fixture(scope="module")
+def bad_dir(tmp_path_factory, image_dir):
+    """Two good images and, between them in input order, a corrupt ``.jpg`` (a truncated JPEG: its first 200 bytes)."""
+    root = tmp_path_factory.mktemp("bad_images")
+    for name in ("a.png", "b.jpg"):
+        (root / name).write_bytes((image_dir / name).read_bytes())
+    (root / "a_broken.jpg").write_bytes((image_dir / "b.jpg").read_bytes()[:200])
+    return root
+
+
+def _run_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "predict.py"), *argv], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def _check_bad_dir(out: Path, bad_dir: Path, checkpoint: Path, skipped: bool) -> None:
+    """``out`` holds a.npy/.png and b.npy/.png predicted from ``bad_dir``; with ``skipped`` also a skipped.json
+    naming a_broken.jpg (and nothing else)."""
+    predictor = DepthPredictor("dav2_micro", checkpoint, input_size=INPUT, device="cpu")
+    for name in ("a.png", "b.jpg"):
+        stem = out / Path(name).with_suffix("")
+        np.testing.assert_allclose(
+            np.load(stem.with_suffix(".npy")), predictor.predict([_rgb(bad_dir / name)])[0], rtol=1e-5, atol=1e-6
+        )
+        assert stem.with_suffix(".png").is_file()
+    expected = ["a.npy", "a.png", "b.npy", "b.png"] + (["skipped.json"] if skipped else [])
+    assert sorted(p.name for p in out.iterdir()) == expected
+    if skipped:
+        entries = json.loads((out / "skipped.json").read_text())
+        assert [e["path"] for e in entries] == [str((bad_dir / "a_broken.jpg").resolve())]
+        assert entries[0]["reason"]
+
+
+def _opts(checkpoint: Path, out: Path, skip_bad: bool) -> PredictOptions:
+    return PredictOptions(
+        model="dav2_micro",
+        checkpoint=str(checkpoint),
+        out=str(out),
+        input_size=INPUT,
+        batch_size=2,
+        device="cpu",
+        skip_bad=skip_bad,
+    )
+
+
+def test_predict_cli_corrupt_image_local(tmp_path, bad_dir, checkpoint):
+    base = [str(bad_dir), "--checkpoint", str(checkpoint), "--input-size", str(INPUT), "--ray", "off"]
+    failed = _run_cli(base + ["--out", str(tmp_path / "strict")])
+    assert failed.returncode == 2, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert "Traceback" not in failed.stderr
+    assert lines[-1].startswith(f"predict: error: {(bad_dir / 'a_broken.jpg').resolve()}: cannot read image (")
+    # the good image before it in input order (a.png) is written, none after it (b.jpg)
+    assert sorted(p.name for p in (tmp_path / "strict").iterdir()) == ["a.npy", "a.png"]
+
+    out = tmp_path / "skip"
+    done = _run_cli(base + ["--out", str(out), "--skip-bad"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("wrote 2 depth map(s)")
+    assert "skipped 1 unreadable input(s)" in done.stdout
+    assert "skipped: " in done.stderr and "a_broken.jpg" in done.stderr  # the warning
+    _check_bad_dir(out, bad_dir, checkpoint, skipped=True)
+
+
 def test_collect_images_globs_collisions_and_empty(tmp_path, image_dir):
     files, root = collect_images([str(image_dir / "**" / "*.png")])
     assert [p.name for p in files] == ["a.png", "c.png"] and root == image_dir.resolve()
@@ -197,6 +267,17 @@ def test_predict_with_ray_data_matches_local(tmp_path, image_dir, checkpoint, ra
     _check_outputs(tmp_path / "ray", image_dir, checkpoint)
 
 
+@pytest.mark.slow  # starts a local Ray
+def test_predict_with_ray_data_corrupt_image(tmp_path, bad_dir, checkpoint, ray_cluster):
+    broken = re.escape(str((bad_dir / "a_broken.jpg").resolve()))
+    with pytest.raises(DataError, match=rf"^{broken}: cannot read image \("):
+        predict_inputs([str(bad_dir)], _opts(checkpoint, tmp_path / "strict", False), ray_mode="on")
+    assert sorted(p.name for p in (tmp_path / "strict").iterdir()) == ["a.npy", "a.png"]
+    summary = predict_inputs([str(bad_dir)], _opts(checkpoint, tmp_path / "skip", True), ray_mode="on")
+    assert summary.written == 2 and [Path(e["path"]).name for e in summary.skipped] == ["a_broken.jpg"]
+    _check_bad_dir(tmp_path / "skip", bad_dir, checkpoint, skipped=True)
+
+
 @pytest.mark.slow  # builds shards with dad_ray.data's Ray pipeline first
 def test_predict_shard_directory(tmp_path, checkpoint, ray_cluster):
     from dad_ray.data import prepare_shards, read_shards
@@ -217,3 +298,28 @@ def test_predict_shard_directory(tmp_path, checkpoint, ray_cluster):
         disparity = np.load(tmp_path / "out" / f"{key}.npy")
         np.testing.assert_allclose(disparity, predictor.predict([image])[0], rtol=1e-5, atol=1e-6)
         assert (tmp_path / "out" / f"{key}.png").is_file()
+
+
+@pytest.mark.slow  # builds shards with dad_ray.data's Ray pipeline first
+def test_predict_shard_directory_corrupt_row(tmp_path, checkpoint, ray_cluster):
+    import pyarrow.parquet as pq
+
+    from dad_ray.data import prepare_shards
+
+    prepare_shards("synthetic:3", str(tmp_path / "shards"), "test", height=42, width=56, progress=False)
+    shard = tmp_path / "shards" / "test" / "part-00000.parquet"
+    table = pq.read_table(shard)
+    images = table.column("image").to_pylist()
+    images[1] = images[1][:100]  # the second row's JPEG, truncated
+    table = table.set_column(table.schema.get_field_index("image"), "image", [images])
+    pq.write_table(table, shard, row_group_size=16)
+    keys = table.column("key").to_pylist()
+
+    with pytest.raises(DataError, match=rf"^{re.escape(str(shard))} row {keys[1]}: cannot read image \("):
+        predict_inputs([str(shard.parent)], _opts(checkpoint, tmp_path / "strict", False))
+    assert sorted(p.stem for p in (tmp_path / "strict").glob("*.npy")) == [keys[0]]
+    summary = predict_inputs([str(shard.parent)], _opts(checkpoint, tmp_path / "skip", True))
+    assert summary.written == 2
+    entries = json.loads((tmp_path / "skip" / "skipped.json").read_text())
+    assert [(e["path"], e["key"]) for e in entries] == [(str(shard), keys[1])] and entries[0]["reason"]
+    assert sorted(p.stem for p in (tmp_path / "skip").glob("*.npy")) == sorted([keys[0], keys[2]])
