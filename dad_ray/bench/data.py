@@ -5,11 +5,11 @@
 Both sides read the same Parquet shards (synthetic scenes at the preset's size, generated once under ``--root``),
 decode JPEG RGB + float32 depth, and run the same :func:`~dad_ray.data.augment.augment_sample` (crop, global view,
 local patches, flip, jitter; images handed over as uint8 and normalised by the consumer) with ``--procs``
-processes: Ray Data with ``ray.init(num_cpus=procs + 1)`` and ``data.data_cpus = 1`` (at most ``procs``
-decode/augment tasks at once; ``configure_data_context`` leaves one CPU), the DataLoader with
-``num_workers=procs``. Each side is timed over ``--epochs`` full epochs of ``data.batch_size`` batches consumed on
-the driver. Prints samples/s (all epochs, and the last epoch alone: steady state), time to the first batch, and
-the ratio Ray / DataLoader (goal >= 1.0).
+processes: Ray Data with a local Ray of ``procs + 1`` CPUs (``dad_ray.runtime.ray_session``) and
+``data.data_cpus = 1`` (at most ``procs`` decode/augment tasks at once; ``configure_data_context`` leaves one CPU),
+the DataLoader with ``num_workers=procs``. Each side is timed over ``--epochs`` full epochs of ``data.batch_size``
+batches consumed on the driver. Prints samples/s (all epochs, and the last epoch alone: steady state), time to the
+first batch, and the ratio Ray / DataLoader (goal >= 1.0).
 """
 
 from __future__ import annotations
