@@ -63,9 +63,8 @@ def cached_pretrained_file(timm_name: str) -> Path:
     or the config's ``hf_hub_filename``). Never touches the network; raises :class:`PretrainedNotCachedError`
     naming the model, the repo, the files and the cache directory when none is there."""
     import timm
-    from huggingface_hub import try_to_load_from_cache
 
-    from dad_ray.models.hub import hub_cache_dir
+    from dad_ray.models.hub import HubFile, HubFileNotCachedError, cached_hub_file, hub_cache_dir
 
     if not timm.is_model(timm_name):
         raise ValueError(f"unknown timm model {timm_name!r}")
@@ -79,9 +78,10 @@ def cached_pretrained_file(timm_name: str) -> Path:
         )
     files = (cfg.hf_hub_filename,) if getattr(cfg, "hf_hub_filename", None) else HUB_FILES
     for filename in files:
-        found = try_to_load_from_cache(repo, filename, cache_dir=str(cache))
-        if isinstance(found, str):
-            return Path(found)
+        try:
+            return cached_hub_file(HubFile(repo, filename))
+        except HubFileNotCachedError:
+            continue  # the next candidate file name
     repo_dir = cache / f"models--{repo.replace('/', '--')}"
     raise PretrainedNotCachedError(
         f"pretrained weights of timm model {timm_name!r} are not in the local Hugging Face cache: looked for "
