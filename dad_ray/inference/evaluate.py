@@ -24,9 +24,19 @@ from tqdm import tqdm
 from dad_ray.data import storage
 from dad_ray.inference.actors import plan_for_cluster
 from dad_ray.metrics import ALIGNMENTS, METRIC_KEYS, PROTOCOLS, MetricAccumulator, evaluate_disparity, get_protocol
+from dad_ray.models.hub import is_hub_path
+from dad_ray.models.weights import resolve_weights_file
 from dad_ray.runtime import init_ray
 
 logger = logging.getLogger(__name__)
+
+
+def _actor_weights(weights: str, cache: str) -> str:
+    """What an evaluation actor loads: ``hf://`` paths as they are (each node reads its own Hugging Face cache),
+    storage URIs (``s3://``…) downloaded into ``cache`` once, local paths as they are."""
+    from dad_ray.data.storage import local_copy
+
+    return weights if is_hub_path(weights) else local_copy(weights, cache)
 
 
 class EvalActor:
@@ -49,7 +59,6 @@ class EvalActor:
     ) -> None:
         import tempfile
 
-        from dad_ray.data.storage import local_copy
         from dad_ray.models import DepthPredictor
 
         if device == "cpu":
@@ -57,7 +66,7 @@ class EvalActor:
         cache = tempfile.mkdtemp(prefix="dad_ray_eval_weights_")  # weights given as URIs are fetched once per actor
         self.predictors = {
             label: DepthPredictor(
-                name, local_copy(weights, cache), input_size=input_size, device=device, batch_size=batch_size
+                name, _actor_weights(weights, cache), input_size=input_size, device=device, batch_size=batch_size
             )
             for label, name, weights in models
         }
@@ -190,7 +199,10 @@ def _check_inputs(models: dict[str, tuple[str, str]], protocol: str, alignment: 
     if not models:
         raise ValueError("no model to evaluate")
     for _name, weights in models.values():
-        fs, inner = storage.resolve(weights)
+        if is_hub_path(weights) or not storage.is_uri(weights):  # local file or directory, or hf:// in the cache
+            resolve_weights_file(weights)  # FileNotFoundError naming the path (or the repo and file)
+            continue
+        fs, inner = storage.resolve(weights)  # s3://, gs://, file://: read by each actor (local_copy)
         if fs.get_file_info(inner).type != pafs.FileType.File:
             raise FileNotFoundError(f"checkpoint {weights} does not exist")
     if batch_size < 1:

@@ -116,3 +116,27 @@ def test_inference_stays_below_train_and_tune():
         bad = {m for m in ours if m.split(".")[1] not in allowed}
         assert not bad, f"{path} imports {sorted(bad)}: dad_ray.inference may import {', '.join(allowed)}"
     assert not [line for line in (PACKAGE / "inference").rglob("*.py") if "ray.init(" in line.read_text()]
+
+
+def test_evaluation_takes_hub_files_and_transformers_directories(tmp_path, monkeypatch):
+    """``--checkpoint hf://…`` and a transformers directory pass the evaluation's input check (no pyarrow URI
+    handling for them) and reach the actors as they are; an uncached Hub file is named before Ray starts."""
+    from dad_ray.inference.evaluate import _actor_weights, _check_inputs
+    from dad_ray.models import create_model, save_weights
+    from dad_ray.models.hub import HubFileNotCachedError
+
+    snapshot = tmp_path / "hub" / "models--org--student" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "hub" / "models--org--student" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--student" / "refs" / "main").write_text("a" * 40)
+    save_weights(create_model("dav2_micro"), snapshot / "model.safetensors")
+    save_weights(create_model("dav2_micro"), tmp_path / "hf_dir" / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = "hf://org/student/model.safetensors"
+    _check_inputs({"a": ("dav2_micro", hub), "b": ("dav2_micro", str(tmp_path / "hf_dir"))}, "nyu", "disparity", 2)
+    assert _actor_weights(hub, str(tmp_path / "cache")) == hub
+    assert _actor_weights(str(tmp_path / "hf_dir"), str(tmp_path / "cache")) == str(tmp_path / "hf_dir")
+    with pytest.raises(HubFileNotCachedError, match="repo 'org/student'"):
+        _check_inputs({"a": ("dav2_micro", "hf://org/student/other.safetensors")}, "nyu", "disparity", 2)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        _check_inputs({"a": ("dav2_micro", str(tmp_path / "missing.safetensors"))}, "nyu", "disparity", 2)
