@@ -176,8 +176,10 @@ def node_types(config: dict[str, Any], source: str = "cluster config") -> dict[s
 
 # Bytes per parameter of the trained student: fp32 weight + fp32 grad + AdamW m and v (fp32) + DDP's gradient bucket.
 BYTES_PER_TRAINED_PARAM = 4 + 4 + 8 + 4
-# Frozen teachers stay fp32 (the trainer autocasts to bf16 per op; no grads, no optimizer state).
+# Frozen teachers: bf16 weights under bf16 precision (dad_ray.train.step.teacher_dtype; the GPU default), else fp32;
+# no grads, no optimizer state. The frozen initial copy of the student (L_feat target "initial") stays fp32.
 BYTES_PER_FROZEN_PARAM = 4
+BYTES_PER_BF16_PARAM = 2
 # Activations a ViT block keeps for backward, per token and per unit of embedding width: 34 bytes in bf16 with a
 # fused attention kernel (Korthikanti et al. 2022, "Reducing activation recomputation", no s^2 term with SDPA) plus
 # ~12 for the fp32 residual stream / LayerNorm inputs that autocast keeps in fp32.
@@ -245,30 +247,56 @@ def _student_activation_bytes(model_name: str, images: int, height: int, width: 
     return encoder + head
 
 
-def _teacher_peak_bytes(model_name: str, images: int, height: int, width: int) -> float:
+def _teacher_peak_bytes(model_name: str, images: int, height: int, width: int, act_bytes: int = 4) -> float:
     """Transient peak of one no-grad teacher forward: the 4 intermediate layers kept for the DPT head plus one block's
-    working set (MLP 4x width) in fp32, and two full-resolution head maps of features/2 + 32 channels in bf16."""
+    working set (MLP 4x width) at ``act_bytes`` per value (2 with bf16 weights, 4 with fp32 ones), and two
+    full-resolution head maps of features/2 + 32 channels in bf16."""
     spec = get_spec(model_name)
-    encoder = _tokens(height, width) * spec.embed_dim * 4 * (4 + 6)
+    encoder = _tokens(height, width) * spec.embed_dim * act_bytes * (4 + 6)
     head = height * width * 2 * (spec.features + 32)
     return images * (encoder + head)
+
+
+def _frozen_bytes(cfg: ExperimentConfig, batch: int) -> tuple[float, float]:
+    """(frozen weights, largest teacher forward) in bytes for a distillation run (see estimate_gpu_memory_gib)."""
+    from dad_ray.train.task import feat_target
+
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cfg.train.use_gpu)
+    per_param = BYTES_PER_BF16_PARAM if bf16 else BYTES_PER_FROZEN_PARAM
+    teachers = sorted({t.name for t in cfg.model.teachers})
+    weights = sum(_num_params(t) * per_param for t in teachers)
+    if cfg.loss.lambda_feat > 0 and feat_target(cfg) == "initial":
+        weights += _num_params(cfg.model.student) * BYTES_PER_FROZEN_PARAM
+    crop, local = cfg.data.crop_size, cfg.data.local_patch_size
+    n_local = cfg.data.local_grid[0] * cfg.data.local_grid[1] if cfg.loss.lambda_lg > 0 else 0
+    act = 2 if bf16 else 4
+
+    def peak(t: str) -> float:
+        if n_local and local == crop:  # one pass: the crop and every patch
+            return _teacher_peak_bytes(t, batch * (1 + n_local), crop, crop, act)
+        patches = _teacher_peak_bytes(t, batch * n_local, local, local, act) if n_local else 0.0
+        return max(_teacher_peak_bytes(t, batch, crop, crop, act), patches)
+
+    return weights, max(peak(t) for t in teachers)
 
 
 def estimate_gpu_memory_gib(cfg: ExperimentConfig) -> MemoryEstimate:
     """Estimated peak GPU memory of one distillation Train worker, in GiB (an ESTIMATE, not a measurement).
 
-    Model: the student's training state (weights, grads, AdamW, DDP bucket) + every frozen teacher's fp32 weights +
-    the student's saved activations for its two forwards with grad (shared-context crop and global view, batch
-    ``data.batch_size``) + the largest teacher forward (the crop, or all ``batch x local_grid`` local patches in one
-    call) + a fixed CUDA/NCCL overhead, times an allocator margin. Assumes bf16 autocast, SDPA attention and the
-    teacher run while the student's activations are alive. ``batch_size: auto`` is estimated at batch 1.
+    Model: the student's training state (weights, grads, AdamW, DDP bucket) + the frozen models' weights (every
+    teacher, bf16 under bf16 precision, fp32 otherwise; plus the fp32 initial copy of the student when L_feat's
+    target is "initial") + the student's saved activations for its two forwards with grad (shared-context crop and
+    global view, batch ``data.batch_size``) + the largest teacher forward (crop and ``batch x local_grid`` patches
+    in one pass when their sizes match, as :meth:`dad_ray.train.task.TeacherPool.predict` runs them, else the larger
+    of the two passes) + a fixed CUDA/NCCL overhead, times an allocator margin. Assumes bf16 autocast, SDPA attention
+    and the teacher run while the student's activations are alive. ``batch_size: auto`` is estimated at batch 1.
+    ``jobs/benchmark.py gpu`` prints this estimate beside measured peaks.
 
     Example (``nyu_vitl_to_vitb``: ViT-L teacher, ViT-B student, crop 560, global view 518x686, 2x2 local patches of
-    518, batch 4): about 18.7 GiB — fits a 24 GB A10G; a measured figure should replace this once a GPU run exists.
+    560, batch 4): about 19.3 GiB — fits a 24 GB A10G; a measured figure should replace this once a GPU run exists.
     """
     batch = 1 if cfg.data.batch_size == "auto" else int(cfg.data.batch_size)
-    crop, (gh, gw), local = cfg.data.crop_size, cfg.data.global_size, cfg.data.local_patch_size
-    n_local = cfg.data.local_grid[0] * cfg.data.local_grid[1]
+    crop, (gh, gw) = cfg.data.crop_size, cfg.data.global_size
     ckpt = cfg.model.activation_checkpointing
     parts = {
         "student_state": _num_params(cfg.model.student) * BYTES_PER_TRAINED_PARAM,
@@ -276,12 +304,7 @@ def estimate_gpu_memory_gib(cfg: ExperimentConfig) -> MemoryEstimate:
         + _student_activation_bytes(cfg.model.student, batch, gh, gw, ckpt),
     }
     if cfg.loss.mode == "distill":
-        teachers = sorted({t.name for t in cfg.model.teachers})
-        parts["teacher_weights"] = sum(_num_params(t) * BYTES_PER_FROZEN_PARAM for t in teachers)
-        parts["teacher_forward_peak"] = max(
-            max(_teacher_peak_bytes(t, batch, crop, crop), _teacher_peak_bytes(t, batch * n_local, local, local))
-            for t in teachers
-        )
+        parts["teacher_weights"], parts["teacher_forward_peak"] = _frozen_bytes(cfg, batch)
     parts_gib = {k: v / GIB for k, v in parts.items()}
     parts_gib["fixed_overhead"] = FIXED_OVERHEAD_GIB
     total = sum(parts_gib.values()) * FRAGMENTATION

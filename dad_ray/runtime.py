@@ -84,6 +84,15 @@ def data_execution_index() -> int:
     return int(private_api("DataContext._execution_idx").get_current()._execution_idx)
 
 
+def start_data_execution_index(ctx: Any, index: int) -> None:
+    """Make the next execution of the dataset whose context is ``ctx`` (``ds.context``) count as execution
+    ``index``: a run resumed at epoch ``index`` then shuffles and augments that epoch as the uninterrupted run did
+    (Ray Data's counter starts at 0 for every new worker group, and the block order and each row's augmentation
+    derive from it)."""
+    private_api("DataContext._execution_idx")
+    ctx._execution_idx = int(index)
+
+
 def relax_data_reservations(ctx: Any) -> None:
     """Turn off Ray Data's per-operator resource reservation on ``ctx`` (a ``DataContext``).
 

@@ -6,6 +6,10 @@ python jobs/benchmark.py data     # Ray Data pipeline vs torch DataLoader, sampl
 python jobs/benchmark.py train    # Ray Train loop vs plain PyTorch loop, same model and batch
 python jobs/benchmark.py tune     # ASHA vs full search on the synthetic task, and the paper's ablation grid
 python jobs/benchmark.py students # the student zoo: params, GFLOPs, CPU latency (PyTorch, ONNX Runtime), AbsRel / d1
+python jobs/benchmark.py gpu      # the distillation step on one GPU: img/s, step split, memory, MFU (no Ray needed)
+python jobs/benchmark.py convert  # SA-1B-size JPEGs -> shards: images/s per core (original bytes, --max-side)
+
+Every benchmark takes --json PATH (write its figures there) and --help.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("losses", "models", "data", "train", "tune", "students")
+BENCHMARKS = ("losses", "models", "data", "train", "tune", "students", "gpu", "convert")
 
 
 def main(argv: list[str] | None = None) -> int:

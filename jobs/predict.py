@@ -5,8 +5,11 @@
     python jobs/predict.py data/synthetic/test --checkpoint teacher.safetensors --out preds/   # shard directory
 
 Writes <out>/<name>.npy (float32 disparity at the input image size) and <out>/<name>.png (colour map) per image.
-The short side is resized to --input-size (multiples of 14, aspect kept) as in the official inference. More than
---ray-threshold images (or --ray on, or a shard directory) run as Ray Data batch inference with an actor pool
+The short side is resized to --input-size (multiples of 14, aspect kept) as in the official inference; by default
+the input size the checkpoint records in its metadata (our saved students do), else 518.
+The checkpoint and the inputs may be storage URIs (s3://…, file://…): image URIs (files or directories, searched
+recursively) and shard directories on URIs are read by the Ray tasks where they are; the actors fetch the weights.
+More than --ray-threshold images (or --ray on, or a shard directory) run as Ray Data batch inference with an actor pool
 (one actor per GPU); images of different sizes are batched by size.
 
 An unreadable input (corrupt or truncated image, a shard row whose image does not decode) stops the job with exit
@@ -20,20 +23,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dad_ray.config import EvalConfig
 from dad_ray.data import DataError
 from dad_ray.inference import PredictOptions, predict_inputs
 from dad_ray.logging_utils import setup_logging
 from dad_ray.models import list_models
-from dad_ray.models.weights import infer_model_name
+from dad_ray.models.weights import infer_model_name, read_eval_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, or one shard directory")
-    parser.add_argument("--checkpoint", required=True, help="official .pth or .safetensors weights")
+    parser.add_argument("--checkpoint", required=True, help="official .pth or .safetensors weights (path or URI)")
     parser.add_argument("--model", choices=list_models(), help="registry name (default: inferred from the weights)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--input-size", type=int, default=518, help="short side of the network input (multiple of 14)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        help="short side of the network input (multiple of 14; default: the checkpoint's, or 518)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU; fp32 by default)")
@@ -45,11 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs, listing them in skipped.json")
     args = parser.parse_args(argv)
     setup_logging()
+    try:  # the checkpoint's own evaluation input size unless --input-size is given
+        recorded = read_eval_settings(args.checkpoint).input_size
+        model = args.model or infer_model_name(args.checkpoint)
+    except FileNotFoundError as err:
+        parser.error(f"--checkpoint: {err}")
+    input_size = args.input_size or recorded or EvalConfig().input_size
+    origin = "--input-size" if args.input_size else "the checkpoint" if recorded else "default"
+    print(f"{model} at input size {input_size} ({origin})")
     opts = PredictOptions(
-        model=args.model or infer_model_name(args.checkpoint),
+        model=model,
         checkpoint=args.checkpoint,
         out=args.out,
-        input_size=args.input_size,
+        input_size=input_size,
         batch_size=args.batch_size,
         device=args.device,
         cmap=args.cmap,

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from dad_ray.bench import add_json_arg, write_json
 from dad_ray.config import add_config_args, config_from_args
 from dad_ray.data.augment import IMAGE_COLUMNS, AugmentSpec, augment_sample, normalize_uint8, sample_rng
 from dad_ray.data.codec import decode_depth, decode_image
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--procs", type=int, default=2, help="decode/augment processes on each side")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--root", default=None, help="where the shards go (default: a temporary directory)")
+    add_json_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="default")
     from dad_ray.data import ensure_synthetic
@@ -145,6 +147,21 @@ def main(argv: list[str] | None = None) -> str:
         tmp.cleanup()
     r_all, r_last, r_first = _summary(ray_res)
     t_all, t_last, t_first = _summary(torch_res)
+    fields = ("first_batch_s", "epoch_s", "samples")
+    epochs = {"ray_data": ray_res, "dataloader": torch_res}  # (first batch s, epoch s, samples) per epoch
+    write_json(
+        args.json,
+        {
+            "samples": args.samples,
+            "procs": args.procs,
+            "batch": data.batch_size,
+            "epochs": {k: [dict(zip(fields, r)) for r in v] for k, v in epochs.items()},
+            "ray_data": {"samples_per_s": r_all, "last_epoch_samples_per_s": r_last, "first_batch_s": r_first},
+            "dataloader": {"samples_per_s": t_all, "last_epoch_samples_per_s": t_last, "first_batch_s": t_first},
+            "ratio_all_epochs": r_all / t_all,
+            "ratio_last_epoch": r_last / t_last,
+        },
+    )
     return "\n".join(
         [
             f"| pipeline ({args.procs} processes) | samples/s all epochs | samples/s last epoch | first batch s |",

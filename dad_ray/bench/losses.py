@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from dad_ray.bench import add_json_arg, write_json
 from dad_ray.losses import dis_loss
 from dad_ray.losses.reference import loop_dis_loss
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--normalization", default="hybrid", choices=["hybrid", "local", "global", "none"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_json_arg(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> str:
     logger.info("L_Dis (%s) = %.6f on both sides; torch %d threads", norm, vec.item(), torch.get_num_threads())
     v_med, v_min = _time(lambda: dis_loss(student, teacher, mask, norm), student, args.repeats)
     l_med, l_min = _time(lambda: loop_dis_loss(student, teacher, mask, norm), student, args.repeats)
+    figures = {"normalization": norm, "batch": args.batch, "size": args.size, "threads": torch.get_num_threads()}
+    figures.update(vectorised_median_s=v_med, vectorised_min_s=v_min, loop_median_s=l_med, loop_min_s=l_min)
+    figures.update(ratio_median=l_med / v_med, ratio_min=l_min / v_min, loss=vec.item())
+    write_json(args.json, figures)
     return "\n".join(
         [
             f"| {norm} L_Dis fwd+bwd, B={args.batch}, {args.size}x{args.size}, CPU | median ms | min ms |",

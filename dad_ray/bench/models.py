@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from dad_ray.bench import add_json_arg, write_json
 from dad_ray.models import create_model, list_models
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--gpu-repeats", type=int, default=20, help="timed GPU forwards per model")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--no-cpu", action="store_true", help="skip CPU timing (GPU machines)")
+    add_json_arg(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,4 +108,5 @@ def main(argv: list[str] | None = None) -> str:
         "torch %s, %d CPU threads, CUDA %s", torch.__version__, torch.get_num_threads(), torch.cuda.is_available()
     )
     rows = [benchmark(m, args.size, args.repeats, args.gpu_repeats, cpu=not args.no_cpu) for m in args.models]
+    write_json(args.json, {"size": args.size, "threads": torch.get_num_threads(), "rows": rows})
     return markdown_table(rows, args.size)

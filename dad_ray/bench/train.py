@@ -20,64 +20,39 @@ from typing import Any
 
 import torch
 
+from dad_ray.bench import add_json_arg, write_json
 from dad_ray.config import ExperimentConfig, add_config_args, config_from_args, from_dict, to_dict
 from dad_ray.models import create_model, save_weights
+from dad_ray.train.step import TrainStep, build_plain_step, synthetic_batch
 
 logger = logging.getLogger(__name__)
 
 
-def fixed_batch(cfg: ExperimentConfig, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    c, (gh, gw), p = cfg.data.crop_size, cfg.data.global_size, cfg.data.local_patch_size
-    n = cfg.data.local_grid[0] * cfg.data.local_grid[1]
-    boxes = torch.tensor([[0.0, 0.0, 0.6, 0.6]] * n).expand(batch_size, n, 4).contiguous()
-    batch = {
-        "crop_image": torch.randn(batch_size, 3, c, c, generator=g),
-        "crop_depth": torch.rand(batch_size, c, c, generator=g) * 9 + 0.5,
-        "crop_mask": torch.ones(batch_size, c, c, dtype=torch.bool),
-        "global_image": torch.randn(batch_size, 3, gh, gw, generator=g),
-        "local_images": torch.randn(batch_size, n, 3, p, p, generator=g),
-        "local_boxes": boxes,
-    }
-    return {k: v.to(device) for k, v in batch.items()}
+def run_steps(step: TrainStep, batch: dict[str, torch.Tensor], steps: int) -> None:
+    """``steps`` optimizer steps of ``step`` on the same ``batch`` (every micro-batch)."""
+    for _ in range(steps):
+        for _ in range(step.grad_accum):
+            step.micro(batch)
+        step.optimizer_step()
 
 
 def timed_steps(cfg: ExperimentConfig, device: torch.device, steps: int, warmup: int, report=None) -> float:
     """images/s of ``steps`` optimizer steps of the real step function (after ``warmup``); ``report(i)`` is called
     every ``train.log_every`` steps (the Ray side passes ``ray.train.report``)."""
-    from dad_ray.train.schedule import build_optimizer
-    from dad_ray.train.task import StudentTask, TeacherPool, build_student, compute_losses
-    from dad_ray.train.worker import autocast_context
-
-    torch.manual_seed(0)
-    teachers = TeacherPool(cfg.model.teachers, device, seed=0)
-    use_feat = cfg.loss.lambda_feat > 0
-    task = StudentTask(build_student(cfg.model), teachers.dims if use_feat else []).to(device)
-    optimizer, scheduler = build_optimizer(task, cfg.optim)
+    step = build_plain_step(cfg, device)
     bs = int(cfg.data.batch_size)
-    batch = fixed_batch(cfg, bs, device)
-
-    def step() -> None:
-        with autocast_context(cfg, device):
-            parts, _, _ = compute_losses(task, teachers, batch, cfg, use_feat=use_feat)
-        parts["total"].backward()
-        torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.optim.grad_clip or 1e9)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
+    batch = synthetic_batch(cfg, bs, device)
+    run_steps(step, batch, warmup)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(1, steps + 1):
-        step()
+        run_steps(step, batch, 1)
         if report is not None and i % cfg.train.log_every == 0:
             report(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * bs / (time.perf_counter() - start)
+    return steps * bs * step.grad_accum / (time.perf_counter() - start)
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
@@ -126,6 +101,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     add_config_args(parser, {"--use-gpu": ("train.use_gpu", bool, "run both sides on the GPU")})
+    add_json_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="default")
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +119,21 @@ def main(argv: list[str] | None = None) -> str:
         plain = timed_steps(cfg, device, args.steps, args.warmup)
         ray_ips, ray_wall = run_ray(cfg, args.steps, args.warmup)
     ratio = ray_ips / plain
+    write_json(
+        args.json,
+        {
+            "student": cfg.model.student,
+            "teachers": [t.name for t in cfg.model.teachers],
+            "batch": cfg.data.batch_size,
+            "crop": cfg.data.crop_size,
+            "device": device.type,
+            "steps": args.steps,
+            "plain_images_per_s": plain,
+            "ray_images_per_s": ray_ips,
+            "ratio": ratio,
+            "ray_wall_s": ray_wall,
+        },
+    )
     return "\n".join(
         [
             f"| loop | images/s ({cfg.model.student} student, {cfg.model.teachers[0].name} teacher, "

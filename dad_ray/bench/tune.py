@@ -19,6 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from dad_ray.bench import add_json_arg, write_json
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,6 +49,21 @@ def compare_table(asha, full, asha_s: float, full_s: float) -> str:
     return "\n".join(lines)
 
 
+def search_figures(report, wall_s: float) -> dict:
+    """A search's figures for ``--json``: wall time, compute (optimizer steps), best metric, every trial's final
+    metric and hyper-parameters."""
+    return {
+        "wall_s": wall_s,
+        "trials": len(report.trials),
+        "steps_spent": report.steps_spent,
+        "best": report.best.best if report.best else None,
+        "stopped_early": sum(t.stopped_early for t in report.trials),
+        "finals": [
+            {"hparams": t.hparams, "final": t.history[-1]["metric"] if t.history else None} for t in report.trials
+        ],
+    }
+
+
 def ablation_table(report) -> str:
     norms = ("global", "hybrid", "local", "none")
     cell: dict[tuple[str, bool], float] = {}
@@ -68,13 +85,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--output", default="runs/bench_tune")
+    add_json_arg(parser)
     args = parser.parse_args(argv)
 
     from dad_ray.runtime import init_ray
     from dad_ray.tune.space import load_space
 
     init_ray()
-    sections = []
+    sections: list[str] = []
+    figures: dict = {}
     if not args.skip_compare:
         asha_space = load_space(args.space)
         full_space = replace(asha_space, scheduler=None)
@@ -84,9 +103,13 @@ def main(argv: list[str] | None = None) -> str:
         title = f"## ASHA vs full search ({file_name}, {asha_space.total_trials()} trials, seed {asha_space.seed})"
         sections.append(f"{title}\n{compare_table(asha, full, asha_s, full_s)}")
         logger.info("%s", sections[-1])
+        figures["compare"] = {"asha": search_figures(asha, asha_s), "full": search_figures(full, full_s)}
+        write_json(args.json, figures)
     if not args.skip_ablation:
         space = load_space(args.ablation_space, overrides=args.ablation_set)
         report, seconds = _run(space, args.output, space.name)
         sections.append(f"## Ablation ({Path(space.path).name}, {seconds:.0f} s)\n{ablation_table(report)}")
         logger.info("%s", sections[-1])
+        figures["ablation"] = {"wall_s": seconds, **search_figures(report, seconds)}
+        write_json(args.json, figures)
     return "\n\n".join(sections)

@@ -86,7 +86,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        words = [a for lit in get_args(tp) if get_origin(lit) is Literal for a in get_args(lit) if isinstance(a, str)]
+        hint = close_matches(value, words) if isinstance(value, str) else ""  # 'hybird' in Literal[...] | None
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")

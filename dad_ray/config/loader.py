@@ -141,11 +141,34 @@ def add_override_arg(
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, default_preset: str | None = None, cls: type = ExperimentConfig) -> Any:
+def _arg_sources(args: argparse.Namespace, default_preset: str | None) -> tuple[str | None, Any, dict[str, Any]]:
+    """(preset, config file, overrides) of a command line made by :func:`add_config_args`."""
     overrides = [parse_override(o) for o in args.overrides]
     for flag, (key, _tp, _help) in args._shortcuts.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
             overrides.append((key, value))
-    preset = args.preset or (default_preset if not args.config else None)
-    return build_config(preset, args.config, dict(overrides), cls=cls)
+    return args.preset or (default_preset if not args.config else None), args.config, dict(overrides)
+
+
+def config_from_args(args: argparse.Namespace, default_preset: str | None = None, cls: type = ExperimentConfig) -> Any:
+    preset, config_file, overrides = _arg_sources(args, default_preset)
+    return build_config(preset, config_file, overrides, cls=cls)
+
+
+def explicit_keys(args: argparse.Namespace, default_preset: str | None = None) -> set[str]:
+    """The dotted keys a command line sets — in its preset, its config file, ``--set`` or a shortcut flag — as
+    opposed to the dataclass defaults: values a job must not replace by ones it reads elsewhere (e.g.
+    ``jobs/evaluate.py`` takes the input size from the checkpoint unless ``eval.input_size`` is explicit)."""
+    preset, config_file, overrides = _arg_sources(args, default_preset)
+    data: dict[str, Any] = load_preset_dict(preset) if preset else {}
+    if config_file:
+        data = deep_merge(data, load_config_file_dict(config_file))
+
+    def leaves(tree: dict[str, Any], prefix: str) -> set[str]:
+        out = set()
+        for k, v in tree.items():
+            out |= leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        return out
+
+    return leaves(data, "") | set(overrides)

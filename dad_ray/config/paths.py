@@ -19,13 +19,19 @@ def absolute_path(path: str) -> str:
 
 
 def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` with its local paths (data root, student and teacher weights, output) made absolute; URIs and empty
+    """``cfg`` with its local paths (data roots, student and teacher weights, output) made absolute; URIs and empty
     paths unchanged. Ray Train workers and Tune trials run in their own working directories, so a relative path
     means nothing to them."""
     model = cfg.model
     return replace(
         cfg,
-        data=replace(cfg.data, root=absolute_path(cfg.data.root)),
+        data=replace(
+            cfg.data,
+            root=absolute_path(cfg.data.root),
+            val_root=absolute_path(cfg.data.val_root),
+            test_root=absolute_path(cfg.data.test_root),
+            train_sources=tuple(replace(s, root=absolute_path(s.root)) for s in cfg.data.train_sources),
+        ),
         model=replace(
             model,
             student_weights=absolute_path(model.student_weights),

@@ -24,16 +24,33 @@ def _mult14(key: str, value: int) -> None:
 class SyntheticConfig:
     """Procedural NYU-like scenes generated into ``data.root`` when its shards are missing (0 = never generate)."""
 
-    train_samples: int = 0
-    val_samples: int = 0
+    train_samples: int = 0  # labeled scenes of the training split (or of data.bootstrap_split when set)
+    val_samples: int = 0  # labeled scenes of the validation split (and of the test split when test_samples is 0)
+    test_samples: int = 0  # labeled scenes of data.test_split when it differs from data.val_split (0 = val_samples)
+    # > 0: data.train_split holds this many UNLABELED scenes (depth-less shards, scenes of their own) for the student
+    # to distil on, and the labeled train_samples go to data.bootstrap_split (the teacher's bootstrap)
+    unlabeled_samples: int = 0
     height: int = 480
     width: int = 640
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.train_samples >= 0, "data.synthetic.train_samples", "must be >= 0")
-        check(self.val_samples >= 0, "data.synthetic.val_samples", "must be >= 0")
+        for name in ("train_samples", "val_samples", "test_samples", "unlabeled_samples"):
+            check(getattr(self, name) >= 0, f"data.synthetic.{name}", "must be >= 0")
         check(self.height >= 32 and self.width >= 32, "data.synthetic.height", "height and width must be >= 32")
+
+
+@dataclass(frozen=True)
+class TrainSource:
+    """One shard set of a training mixture (``data.train_sources``)."""
+
+    root: str = ""  # directory or pyarrow URI holding <split>/manifest.json
+    split: str = "train"
+    weight: float = 1.0  # share of the training rows drawn from it, relative to the other sources' weights
+
+    def __post_init__(self) -> None:
+        check(self.root != "", "data.train_sources.root", "must name a shard root (directory or URI)")
+        check(self.weight > 0, "data.train_sources.weight", f"must be > 0, got {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,23 @@ class DataConfig:
 
     root: str = "data/synthetic"  # directory or pyarrow URI holding one shard directory per split
     train_split: str = "train"
+    # several shard sets mixed by weight, e.g. [{root: data/sa1b, split: train, weight: 0.9}, {root: data/nyu,
+    # split: train, weight: 0.1}]; empty = data.root + data.train_split alone. Depth-less (unlabeled) sets are
+    # fine for distillation; supervised training refuses them
+    train_sources: tuple[TrainSource, ...] = ()
+    # validation (best-K checkpoints, Tune's metric): a LABELED set that is not the one the final numbers are
+    # reported on; val_root "" = data.root
+    val_root: str = ""
     val_split: str = "test"
+    # the final evaluation's set (the run's final_metrics.json); test_root "" = data.root
+    test_root: str = ""
+    test_split: str = "test"
+    # validation on the test set (same root and split): "warn" logs a warning, "error" refuses the config (the
+    # paper presets: model selection must not see the numbers it reports)
+    holdout: Literal["warn", "error"] = "warn"
+    # labeled split under data.root that bootstrap trains missing teachers on ("" = the training sources); the
+    # embedded default bootstraps on labeled scenes and distils the student on different, unlabeled ones
+    bootstrap_split: str = ""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     batch_size: int | Literal["auto"] = 8  # per worker; "auto" (GPU only) finds the largest that fits
     crop_size: int = 560  # shared-context crop, resized to crop_size x crop_size (multiple of 14)
@@ -51,6 +84,14 @@ class DataConfig:
     local_patch_size: int = 518  # teacher resolution of each local patch (multiple of 14)
     local_grid: tuple[int, int] = (2, 2)  # rows x cols of overlapping local patches (N = rows * cols)
     local_overlap: float = 0.25  # fraction of a patch's side shared with its neighbour
+    # Where the local patches are cut (both readings keep the boxes in the coordinates of the student's global view,
+    # the whole image at global_size): "image" = a grid over the whole image (the reading before the paper's
+    # implementation section was followed); "crop" = the paper's implementation: a grid over the shared-context
+    # crop's source pixels, each patch resized to local_patch_size (560 in the paper) for the teacher.
+    local_source: Literal["image", "crop"] = "image"
+    # false = Table 2's baseline without random crop: the shared-context view is the whole image resized to
+    # crop_size x crop_size (aspect not kept; student and teacher still see the same view)
+    random_crop: bool = True
     hflip: bool = True
     color_jitter: float = 0.2  # strength of brightness/contrast/saturation jitter on RGB only (0 = off)
     shuffle_buffer: int = 64  # rows in Ray Data's local shuffle buffer (0 = no shuffle)
@@ -73,6 +114,21 @@ class DataConfig:
         check(self.data_cpus > 0, "data.data_cpus", "must be > 0 (Ray rejects 0)")
         check(self.prefetch_batches >= 0, "data.prefetch_batches", "must be >= 0")
         check(self.max_val_samples >= 0, "data.max_val_samples", "must be >= 0")
+
+    @property
+    def training_sources(self) -> tuple[TrainSource, ...]:
+        """``train_sources``, or data.root + data.train_split as a single source."""
+        return self.train_sources or (TrainSource(self.root, self.train_split, 1.0),)
+
+    @property
+    def val_location(self) -> tuple[str, str]:
+        """(root, split) of the validation set."""
+        return self.val_root or self.root, self.val_split
+
+    @property
+    def test_location(self) -> tuple[str, str]:
+        """(root, split) of the final evaluation's set."""
+        return self.test_root or self.root, self.test_split
 
 
 @dataclass(frozen=True)
@@ -123,15 +179,33 @@ class ModelConfig:
 @dataclass(frozen=True)
 class LossConfig:
     mode: Literal["distill", "supervised"] = "distill"
-    normalization: Normalization = "hybrid"  # L_Dis normalisation (paper: hybrid)
+    # L_Dis normalisations (paper: hybrid). ``normalization`` is the shorthand that sets both terms;
+    # ``normalization_sc`` (shared-context term, and the L_grad residual: per-image global, or raw for none) and
+    # ``normalization_lg`` (local-global term) set one each (Table 1 varies them independently). A term's
+    # normalisation is its own key when given, else the shorthand, else hybrid; giving the shorthand AND an own key
+    # with a different value is an error (set one of them to null). Read the result from ``sc_normalization`` /
+    # ``lg_normalization``.
+    normalization: Normalization | None = None
+    normalization_sc: Normalization | None = None
+    normalization_lg: Normalization | None = None
+    lambda_sc: float = 1.0  # weight of L_sc (0 = Table 2's "LG only": no shared-context depth term)
     lambda_lg: float = 0.5  # λ1, local-global
-    # λ2, feature alignment: cosine between the student's and the teacher's last-layer tokens on the shared-context
-    # crop. When the student's token grid differs from the teacher's (timm students: another patch size, or a CNN's
-    # deepest map, stride 32), its tokens are resampled to the teacher's grid over the same image area (mean of
-    # bilinear samples per teacher cell: pooled when finer, interpolated when coarser; padding excluded); when the
-    # widths differ a linear projection (trained, decoder lr, not saved with the student) maps them to the
-    # teacher's width. Matching grids and widths (DAv2 students) use the tokens as they are.
+    # λ2, feature alignment: 1 − cos between the student's last-layer tokens on the shared-context crop and a
+    # target chosen by ``feat_target``.
     lambda_feat: float = 1.0
+    # L_feat target. "initial": a frozen copy of the student's own encoder as it was initialised (Depth Anything's
+    # convention: the student keeps the semantics of its pretrained encoder); same width and grid, no projection;
+    # kept outside the trained module (not saved with the student, not in DDP's parameters), rebuilt from the same
+    # initialisation on resume. "teacher": the teacher's last-layer tokens; when the student's token grid differs
+    # (timm students: another patch size, or a CNN's stride-32 map) its tokens are resampled to the teacher's grid
+    # over the same image area (mean of bilinear samples per teacher cell), and when the widths differ a linear
+    # projection (trained, decoder lr, checkpointed but not saved with the student) maps them to the teacher's width
+    # — a module no source describes, which can absorb part of the alignment. "auto" (default) = "initial" when the
+    # student starts from pretrained weights (model.student_init full/encoder, or model.student_pretrained), else
+    # "teacher". Why: the paper's students start from a DAv2 encoder and it follows Depth Anything's L_feat, whose
+    # target is the frozen pretrained encoder; for its best student (initialised from DAv2-L, the teacher) both
+    # targets are the same encoder. A randomly initialised student has no meaningful initial encoder.
+    feat_target: Literal["auto", "initial", "teacher"] = "auto"
     lambda_grad: float = 2.0  # λ3, gradient matching
     feat_margin: float = 0.85  # α: tokens whose cosine similarity exceeds it are ignored
     grad_scales: int = 4
@@ -140,19 +214,40 @@ class LossConfig:
     silog_lambda: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("lambda_lg", "lambda_feat", "lambda_grad", "supervised_grad_weight"):
+        for name in ("lambda_sc", "lambda_lg", "lambda_feat", "lambda_grad", "supervised_grad_weight"):
             value = getattr(self, name)
             check(value >= 0.0, f"loss.{name}", f"must be >= 0, got {value}")
+        for name in ("normalization_sc", "normalization_lg"):
+            own = getattr(self, name)
+            check(
+                self.normalization is None or own is None or own == self.normalization,
+                f"loss.{name}",
+                f"{own!r} contradicts the shorthand loss.normalization={self.normalization!r}; give one of them "
+                "(set the other to null)",
+            )
         check(-1.0 <= self.feat_margin <= 1.0, "loss.feat_margin", "must be a cosine in [-1, 1]")
         check(1 <= self.grad_scales <= 8, "loss.grad_scales", "must be in [1, 8]")
         check(0.0 <= self.silog_lambda <= 1.0, "loss.silog_lambda", "must be in [0, 1]")
+
+    @property
+    def sc_normalization(self) -> Normalization:
+        """The shared-context term's normalisation: ``normalization_sc``, else ``normalization``, else hybrid."""
+        return self.normalization_sc or self.normalization or "hybrid"
+
+    @property
+    def lg_normalization(self) -> Normalization:
+        """The local-global term's normalisation: ``normalization_lg``, else ``normalization``, else hybrid."""
+        return self.normalization_lg or self.normalization or "hybrid"
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 5e-5  # decoder learning rate
     encoder_lr_mult: float = 0.1  # encoder lr = lr * encoder_lr_mult (DAv2 convention)
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW, on every parameter unless decay_exclude
+    # true: no weight decay on biases and norm/scale parameters (ndim <= 1) and on position/class/mask tokens (a
+    # common ViT recipe); false (the paper's and DAv2's training code: AdamW over all parameters): decay everything
+    decay_exclude: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["poly", "cosine", "constant"] = "poly"
     poly_power: float = 0.9
@@ -187,12 +282,19 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # used when use_gpu
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # Train worker group
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+    # auto = bf16 autocast on GPU, fp32 on CPU; under bf16 the frozen teachers' weights are stored in bf16 too
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the student and the teachers (nn.Module.compile, in place: checkpoint keys unchanged). Off by
+    # default: not yet measured on a GPU (jobs/benchmark.py gpu --compile measures it), and on CPU it costs minutes
+    # of compilation for small models
+    compile: bool = False
     seed: int = 0
     val_every: int = 500  # optimizer steps between validations (and checkpoints)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # best K by validation AbsRel
     max_failures: int = 2
+    # optimizer steps between log lines: loss sums and scale statistics stay on the device and are read (one host
+    # sync) only then; the journal's per-step lines are written then too
     log_every: int = 20
     image_every: int = 500  # TensorBoard image grid period (0 = never)
     fail_at_step: int = -1  # testing: rank 0 hard-exits once at this step (first attempt only)
@@ -209,9 +311,20 @@ class TrainConfig:
         check(self.image_every >= 0, "train.image_every", "must be >= 0")
 
 
+# the names of dad_ray.metrics.PROTOCOLS (a test keeps them equal)
+ProtocolName = Literal["nyu", "kitti", "kitti_garg", "diode", "eth3d", "scannet"]
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    protocol: Literal["nyu", "kitti", "eth3d", "scannet", "diode"] = "nyu"
+    """Zero-shot evaluation (training validation, the final evaluation, ``jobs/evaluate.py``). A saved student
+    records these values in its metadata, and ``jobs/evaluate.py`` / ``jobs/predict.py`` default to them."""
+
+    # valid depth range and crop (dad_ray.metrics.PROTOCOLS): nyu 1e-3–10 m + Eigen crop; kitti 1e-5–80 m + Eigen
+    # crop (Marigold's and Distill-Any-Depth's configs), kitti_garg the same with the Garg crop; diode 0.6–350 m;
+    # eth3d 1e-5 m – inf; scannet 1e-3–10 m
+    protocol: ProtocolName = "nyu"
+    # least-squares space: disparity (fit s·pred + t to 1/gt; Depth Anything models) or depth (fit to gt)
     alignment: Literal["disparity", "depth"] = "disparity"
     input_size: int = 518  # short side of the model input (multiple of 14)
     batch_size: int = 4
@@ -247,6 +360,14 @@ class ExperimentConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
     def __post_init__(self) -> None:
+        pretrained = self.model.student_init != "none" or self.model.student_pretrained
+        check(
+            not (self.loss.mode == "distill" and self.loss.lambda_feat > 0 and self.loss.feat_target == "initial")
+            or pretrained,
+            "loss.feat_target",
+            "'initial' aligns to the student's initial encoder, but the student starts from random weights (set "
+            "model.student_init/student_weights or model.student_pretrained, or use 'teacher' / 'auto')",
+        )
         if self.loss.mode == "distill" and len(self.model.teachers) > 1:
             total = sum(t.probability for t in self.model.teachers)
             check(abs(total - 1.0) < 1e-6, "model.teachers", f"probabilities must sum to 1, got {total}")

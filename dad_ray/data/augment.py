@@ -4,13 +4,16 @@ Order: horizontal flip (RGB, depth, mask together) -> colour jitter (RGB only, o
 sees the same colours) -> three geometric views cut from the same flipped, jittered source:
 
 - shared-context crop: a square of random side in [min(min_crop, short side), short side] at a random position,
-  resized to ``crop_size`` x ``crop_size`` (student and teacher both see it);
+  resized to ``crop_size`` x ``crop_size`` (student and teacher both see it); with ``random_crop`` off, the whole
+  image resized to ``crop_size`` x ``crop_size`` (the draws are still made, so the other views do not change);
 - global view: the whole image resized to ``global_size`` (the student's input for the local-global loss);
 - local patches: a ``rows x cols`` grid of overlapping SQUARE patches (aspect kept, so the teacher sees undistorted
-  content), each resized to ``local_patch_size``. The side is the smallest one for which neighbours overlap by at
-  least ``local_overlap`` along both axes while the grid covers the whole image (clipped to the short side);
-  positions are evenly spaced from edge to edge, rounded to whole source pixels. ``local_boxes`` (y0, x0, y1, x1) are
-  those pixel boxes divided by (H, W, H, W): the same box, times (Gh, Gw, Gh, Gw), cuts patch n from the global view.
+  content), each resized to ``local_patch_size``, over the whole image (``local_source`` "image") or over the
+  shared-context crop's source pixels (``"crop"``, the paper's implementation). The side is the smallest one for
+  which neighbours overlap by at least ``local_overlap`` along both axes while the grid covers the region (clipped to
+  its short side); positions are evenly spaced from edge to edge, rounded to whole source pixels. ``local_boxes``
+  (y0, x0, y1, x1) are those pixel boxes in the whole image divided by (H, W, H, W): the same box, times
+  (Gh, Gw, Gh, Gw), cuts patch n from the global view, whichever region the grid covers.
 
 RGB is resized bilinearly with antialiasing and normalised with ImageNet mean/std. Depth is resized WITHOUT mixing
 valid and invalid pixels: depth*mask and mask are resized the same way, the first divided by the second, and a pixel
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dad_ray.data.resize import eval_size, resize_input
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -46,6 +51,8 @@ class AugmentSpec:
     local_overlap: float
     hflip: bool
     color_jitter: float
+    local_source: str = "image"  # "image": patches of the whole image; "crop": of the shared-context crop
+    random_crop: bool = True  # False: the shared-context view is the whole image (Table 2's baseline)
 
     @classmethod
     def from_config(cls, cfg) -> AugmentSpec:
@@ -58,6 +65,8 @@ class AugmentSpec:
             local_overlap=cfg.local_overlap,
             hflip=cfg.hflip,
             color_jitter=cfg.color_jitter,
+            local_source=cfg.local_source,
+            random_crop=cfg.random_crop,
         )
 
 
@@ -77,6 +86,18 @@ def local_boxes_px(height: int, width: int, grid: tuple[int, int], overlap: floa
     yy, xx = np.meshgrid(y0, x0, indexing="ij")
     yy, xx = yy.ravel(), xx.ravel()
     return np.stack([yy, xx, yy + side, xx + side], axis=1)
+
+
+def local_patch_boxes(height: int, width: int, crop_box: tuple[int, int, int, int], spec: AugmentSpec) -> np.ndarray:
+    """(N, 4) int64 source-pixel boxes (y0, x0, y1, x1) of the local patches in the whole (flipped) image: the
+    :func:`local_boxes_px` grid over the whole image (``local_source`` "image"), or over the shared-context region
+    ``crop_box`` (y0, x0, y1, x1), shifted by its corner (``"crop"``, the paper's reading). Either way the boxes are
+    in whole-image pixels, so divided by (H, W, H, W) they cut the same content from the global view."""
+    if spec.local_source == "image":
+        return local_boxes_px(height, width, spec.local_grid, spec.local_overlap)
+    cy0, cx0, cy1, cx1 = crop_box
+    boxes = local_boxes_px(cy1 - cy0, cx1 - cx0, spec.local_grid, spec.local_overlap)
+    return boxes + np.array([cy0, cx0, cy0, cx0], dtype=np.int64)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -169,9 +190,11 @@ def augment_sample(
     if flip:
         src = src.flip(-1)
 
-    crop_img, crop_dep, crop_mask = _views(src[None, :, y0 : y0 + side, x0 : x0 + side], (spec.crop_size,) * 2)
+    ch, cw = (side, side) if spec.random_crop else (h, w)  # the shared-context region (the whole image if no crop)
+    y0, x0 = (y0, x0) if spec.random_crop else (0, 0)
+    crop_img, crop_dep, crop_mask = _views(src[None, :, y0 : y0 + ch, x0 : x0 + cw], (spec.crop_size,) * 2)
     glob_img, glob_dep, glob_mask = _views(src[None], tuple(spec.global_size))
-    boxes = local_boxes_px(h, w, spec.local_grid, spec.local_overlap)  # all the same square side
+    boxes = local_patch_boxes(h, w, (y0, x0, y0 + ch, x0 + cw), spec)  # all the same square side
     patches = torch.stack([src[:, by0:by1, bx0:bx1] for by0, bx0, by1, bx1 in boxes.tolist()])
     loc_img, loc_dep, loc_mask = _views(patches, (spec.local_patch_size,) * 2)
     scale = np.array([h, w, h, w], dtype=np.float32)
@@ -190,26 +213,10 @@ def augment_sample(
     }
 
 
-def eval_size(height: int, width: int, input_size: int) -> tuple[int, int]:
-    """DAv2's evaluation resize: scale so the short side reaches ``input_size`` ("lower_bound"), each side rounded to
-    the nearest multiple of 14 and raised to the next one if that falls below ``input_size`` (official
-    ``Resize(keep_aspect_ratio=True, ensure_multiple_of=14, resize_method="lower_bound")``)."""
-    scale = max(input_size / height, input_size / width)
-
-    def constrain(x: float) -> int:
-        y = int(round(x / PATCH) * PATCH)
-        if y < input_size:
-            y = int(np.ceil(x / PATCH) * PATCH)
-        return y
-
-    return constrain(scale * height), constrain(scale * width)
-
-
 def eval_image(image: np.ndarray, input_size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, h, w) float32 ImageNet-normalised at :func:`eval_size`, bicubic like the official
-    inference (cv2.INTER_CUBIC, no antialias), clamped to [0, 1] before normalising."""
+    """(H, W, 3) uint8 -> (3, h, w) float32 ImageNet-normalised at :func:`~dad_ray.data.resize.eval_size`, resized
+    by :func:`~dad_ray.data.resize.resize_input` (the one evaluation resize: bicubic, no antialias, no clamp)."""
     h, w = image.shape[:2]
     img = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-    size = eval_size(h, w, input_size)
-    img = F.interpolate(img[None], size=size, mode="bicubic", align_corners=False)[0].clamp_(0.0, 1.0)
+    img = resize_input(img[None], eval_size(h, w, input_size))[0]
     return normalize(img).numpy()

@@ -9,7 +9,14 @@ that no manifest lists (left by a crash) is never read. Fields:
 - ``image_format`` ("jpeg" or "png"), ``depth_format`` ("float32-le" metres, 0 = invalid), ``columns``;
 - ``num_samples``; ``row_group_size`` (rows per Parquet row group, the pipelines' unit of work);
 - ``shards``: ``[{"file", "num_rows", "bytes", "sha256"}]`` (file names relative to the split dir);
-- ``skipped``: ``[{"key", "reason"}]`` for every input left out under ``skip_bad`` (empty otherwise).
+- ``skipped``: ``[{"key", "reason"}]`` for every input left out under ``skip_bad`` (empty otherwise);
+- ``has_depth``: false for unlabeled (depth-less) shards, whose ``depth`` column is null (absent = true: shards made
+  before it existed all carry depth);
+- ``dataset``: the data set's name when known — the benchmark of a ``--format`` source (``nyu``, ``kitti``,
+  ``diode``, ``eth3d``, ``scannet``; also ``nyu`` for the labeled .mat) — else null; evaluation picks its protocol
+  from it;
+- ``rows_without_depth`` (benchmark lists: rows left out because their depth is ``None``, KITTI), ``crop`` (KITTI:
+  the benchmark crop, applied before storing), ``max_side`` (images stored scaled down to it; 0 = as they came).
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ _REQUIRED = (
     "image_format",
     "row_group_size",
 )
+
+
+def has_depth(manifest: dict[str, Any]) -> bool:
+    """Whether the shards of ``manifest`` carry depth (manifests without the field predate unlabeled shards)."""
+    return bool(manifest.get("has_depth", True))
 
 
 def manifest_path(split_dir: str) -> str:

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from dad_ray.data import storage
 from dad_ray.data.augment import IMAGE_COLUMNS, AugmentSpec, augment_sample, eval_image, normalize_uint8, sample_rng
 from dad_ray.data.codec import decode_depth, decode_image
+from dad_ray.data.errors import DataError
+from dad_ray.data.manifest import has_depth
 from dad_ray.data.shards import read_row_group, row_groups, shard_files
-from dad_ray.runtime import data_execution_index, relax_data_reservations
+from dad_ray.runtime import data_execution_index, relax_data_reservations, start_data_execution_index
 
 logger = logging.getLogger(__name__)
 
@@ -93,26 +97,91 @@ def ingest_options(cfg):
     )
 
 
+def _row_depth(rows: dict[str, list], i: int, name: str) -> np.ndarray:
+    """Row ``i``'s depth, or all zeros (every pixel invalid: no depth-supervised term sees it) for a depth-less
+    row (unlabeled shards), so that mixed batches keep fixed columns."""
+    h, w = rows["height"][i], rows["width"][i]
+    if rows["depth"][i] is None:
+        return np.zeros((h, w), np.float32)
+    return decode_depth(rows["depth"][i], h, w, name)
+
+
 def _train_units(
-    batch: dict[str, np.ndarray], spec: AugmentSpec, seed: int, fs: Any
+    batch: dict[str, np.ndarray], spec: AugmentSpec, seed: int, fs: Any, mixture: Mixture | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Read, decode and augment the row groups in ``batch``; yield batches of :data:`MAP_BATCH` rows."""
+    """Read, decode and augment the row groups in ``batch`` (or, with a ``mixture``, the units its slots draw this
+    epoch); yield batches of :data:`MAP_BATCH` rows."""
     import torch
 
     torch.set_num_threads(1)  # one process per task slot; intra-op threads only oversubscribe the cores
     epoch = data_execution_index()  # the dataset's execution index: 0, 1, 2, ... one per full iteration
-    for path, group in zip(batch["path"], batch["row_group"]):
-        rows = read_row_group(fs, str(path), int(group))
+    if mixture is not None:
+        drawn = mixture.schedule(seed, epoch)
+        units = [mixture.units[drawn[int(slot)]] for slot in batch["slot"]]
+        pairs = [(u["path"], u["row_group"], mixture.filesystems[u["source"]]) for u in units]
+    else:
+        pairs = [(p, g, fs) for p, g in zip(batch["path"], batch["row_group"])]
+    for path, group, unit_fs in pairs:
+        rows = read_row_group(unit_fs, str(path), int(group))
         for start in range(0, len(rows["key"]), MAP_BATCH):
             out = []
             for i in range(start, min(start + MAP_BATCH, len(rows["key"]))):
                 key = rows["key"][i]
                 image = decode_image(rows["image"][i], f"{path} row {key}")
-                depth = decode_depth(rows["depth"][i], rows["height"][i], rows["width"][i], f"{path} row {key}")
+                depth = _row_depth(rows, i, f"{path} row {key}")
                 out.append(augment_sample(image, depth, spec, sample_rng(seed, epoch, key), uint8_images=True))
             result = {name: np.stack([r[name] for r in out]) for name in TRAIN_COLUMNS}
             result["index"] = np.asarray(rows["index"][start : start + len(out)], dtype=np.int64)
             yield result
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Several shard sets sampled by weight (``data.train_sources``), as a fixed number of unit slots per epoch.
+
+    ``counts[s]`` = the number of row groups source ``s`` contributes to every epoch: round(total rows of all
+    sources x normalised weight / mean rows per row group of ``s``), at least 1; the epoch has sum(counts) slots.
+    :meth:`schedule` draws which unit fills each slot, a pure function of (seed, epoch): each source's units in a
+    fresh permutation (repeated as often as its count needs: a small labeled set mixed into a large unlabeled one is
+    seen several times per epoch, a large one partly), then all slots shuffled together.
+    """
+
+    units: tuple[dict[str, Any], ...]  # {"source", "path", "row_group", "rows"}
+    counts: tuple[int, ...]
+    filesystems: tuple[Any, ...]
+
+    @classmethod
+    def build(cls, sources: list[tuple[dict, list[str], Any, float]]) -> Mixture:
+        """``sources``: (manifest, shard paths, filesystem, weight) per shard set."""
+        units, per_source, filesystems = [], [], []
+        for s, (manifest, files, fs, _weight) in enumerate(sources):
+            own = [{**u, "source": s} for u in row_groups(manifest, files)]
+            units += own
+            per_source.append(own)
+            filesystems.append(fs)
+        total_rows = sum(u["rows"] for u in units)
+        weight_sum = sum(src[3] for src in sources)
+        counts = []
+        for own, src in zip(per_source, sources):
+            mean_rows = sum(u["rows"] for u in own) / len(own)
+            counts.append(max(1, round(total_rows * src[3] / weight_sum / mean_rows)))
+        return cls(tuple(units), tuple(counts), tuple(filesystems))
+
+    @property
+    def num_slots(self) -> int:
+        return sum(self.counts)
+
+    def schedule(self, seed: int, epoch: int) -> np.ndarray:
+        """Unit index (into :attr:`units`) of every slot of ``epoch``."""
+        rng = np.random.default_rng([int(seed), int(epoch), 0x6D6978])
+        drawn, first = [], 0
+        for s, count in enumerate(self.counts):
+            own = sum(1 for u in self.units if u["source"] == s)
+            laps = -(-count // own)
+            order = np.concatenate([rng.permutation(own) for _ in range(laps)])[:count]
+            drawn.append(first + order)
+            first += own
+        return rng.permutation(np.concatenate(drawn))
 
 
 def _units_dataset(units: list[dict[str, Any]]):
@@ -123,8 +192,12 @@ def _units_dataset(units: list[dict[str, Any]]):
     )
 
 
-def train_dataset(cfg, split: str | None = None, *, seed: int = 0):
-    """The training ``ray.data.Dataset`` of ``cfg.root/<split or cfg.train_split>`` (see the module docstring).
+def train_dataset(cfg, split: str | None = None, *, seed: int = 0, first_epoch: int = 0):
+    """The training ``ray.data.Dataset`` of ``cfg.root/<split>``, or without ``split`` of ``cfg.training_sources``
+    (``data.train_sources`` mixed by weight, see :class:`Mixture`; else ``cfg.root/cfg.train_split``); see the
+    module docstring. Depth-less (unlabeled) rows carry all-zero depth and all-False masks.
+    Its first execution is epoch ``first_epoch`` (a run resumed at that epoch: same block order and augmentations
+    as the uninterrupted run's).
 
     What the trainer sees are :func:`train_batches`' batches (B leading): ``crop_image`` float32 (B, 3, C, C)
     ImageNet-normalised, ``crop_depth`` float32 (B, C, C) metres (0 invalid), ``crop_mask`` bool (B, C, C);
@@ -139,21 +212,29 @@ def train_dataset(cfg, split: str | None = None, *, seed: int = 0):
     and epoch (``preserve_order``); with several Train workers, which worker gets which rows depends on timing, but
     each row's augmentation does not.
     """
+    import ray.data
     from ray.data import RandomSeedConfig
 
     configure_data_context(cfg)
-    manifest, files, fs = shard_files(cfg.root, split or cfg.train_split)
-    units = _units_dataset(row_groups(manifest, files))
-    units = units.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-    ds = units.map_batches(
-        _train_units,
-        fn_kwargs={"spec": AugmentSpec.from_config(cfg), "seed": seed, "fs": fs},
-        batch_size=1,
-        num_cpus=cfg.data_cpus,
-        batch_format="numpy",
-    )
+    sources = [(src.root, src.split, src.weight) for src in cfg.training_sources] if split is None else []
+    kwargs: dict[str, Any] = {"spec": AugmentSpec.from_config(cfg), "seed": seed, "fs": None}
+    if len(sources) > 1:
+        kwargs["mixture"] = mixture = Mixture.build([(*shard_files(r, s), w) for r, s, w in sources])
+        slots = [{"slot": i} for i in range(mixture.num_slots)]
+        units = ray.data.from_items(slots, override_num_blocks=len(slots))
+        logger.info(
+            "training mixture: %s -> row groups per epoch %s",
+            ", ".join(f"{r}/{s} (weight {w:g})" for r, s, w in sources), list(mixture.counts),
+        )  # fmt: skip
+    else:
+        root, name = (sources[0][0], sources[0][1]) if sources else (cfg.root, split)
+        manifest, files, kwargs["fs"] = shard_files(root, name)
+        units = _units_dataset(row_groups(manifest, files))
+        units = units.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    ds = units.map_batches(_train_units, fn_kwargs=kwargs, batch_size=1, num_cpus=cfg.data_cpus, batch_format="numpy")
     ds.context.execution_options.preserve_order = True
     relax_data_reservations(ds.context)  # kept by Ray Train, which only replaces execution_options
+    start_data_execution_index(ds.context, first_epoch)
     return ds
 
 
@@ -210,8 +291,11 @@ def _eval_units(batch: dict[str, np.ndarray], input_size: int, keys: bool, fs: A
             yield result
 
 
-def eval_dataset(cfg, split: str | None = None, *, input_size: int, max_samples: int = 0, keys: bool = False):
-    """The evaluation ``ray.data.Dataset`` of ``cfg.root/<split or cfg.val_split>``, in shard order.
+def eval_dataset(
+    cfg, split: str | None = None, *, root: str | None = None, input_size: int, max_samples: int = 0, keys: bool = False
+):
+    """The evaluation ``ray.data.Dataset`` of ``<root>/<split>`` (defaults: the validation set, ``cfg.val_root`` or
+    ``cfg.root``, and ``cfg.val_split``), in shard order. The shards must carry depth.
 
     Columns: ``image`` float32 (3, h, w) ImageNet-normalised at DAv2's eval size (short side ``input_size``, both
     sides multiples of 14, :func:`~dad_ray.data.augment.eval_size`), ``depth`` float32 (H0, W0) ground truth
@@ -220,7 +304,10 @@ def eval_dataset(cfg, split: str | None = None, *, input_size: int, max_samples:
     ``iter_batches`` when asking for it). ``max_samples`` > 0 keeps the first ``max_samples`` rows.
     """
     configure_data_context(cfg)
-    manifest, files, fs = shard_files(cfg.root, split or cfg.val_split)
+    root = root or cfg.val_root or cfg.root
+    manifest, files, fs = shard_files(root, split or cfg.val_split)
+    if not has_depth(manifest):
+        raise DataError(f"{storage.join(root, split or cfg.val_split)}: depth-less shards cannot be evaluated")
     units = row_groups(manifest, files)
     if max_samples > 0:  # only the row groups that hold the first max_samples rows
         covered = np.cumsum([u["rows"] for u in units])

@@ -1,9 +1,10 @@
-"""Parquet shards: the writer (rolls files by size, atomic, checksummed) and the reader (a Ray Data dataset).
+"""Parquet shards: the writer (one shard per call, atomic, checksummed) and the reader (a Ray Data dataset).
 
 Layout: ``<root>/<split>/part-XXXXX.parquet`` + ``<root>/<split>/manifest.json`` (see :mod:`dad_ray.data.manifest`).
-Columns: ``index`` (int64, position in the split), ``key`` (string), ``image`` (binary, JPEG or PNG), ``depth``
-(binary, float32 little-endian metres), ``height``, ``width`` (int32). Parquet compression zstd; row groups of
-:data:`ROW_GROUP` rows (recorded in the manifest).
+Columns: ``index`` (int64, the sample's position in the source's listing: unique, in shard order, with gaps where
+inputs were skipped), ``key`` (string), ``image`` (binary: the source file's own JPEG/PNG/WebP bytes, or JPEG/PNG
+encoded here), ``depth`` (binary, float32 little-endian metres; null in depth-less shards), ``height``, ``width``
+(int32). Parquet compression zstd; row groups of :data:`ROW_GROUP` rows (recorded in the manifest).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from dad_ray.data import storage
 from dad_ray.data.codec import decode_depth, decode_image
 from dad_ray.data.errors import DataError
-from dad_ray.data.manifest import read_manifest
+from dad_ray.data.manifest import has_depth, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -42,47 +43,17 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-class ShardWriter:
-    """Appends encoded rows and writes ``part-XXXXX.parquet`` files of about ``shard_bytes`` each (atomically).
-
-    ``close()`` returns the shard list for the manifest; the caller writes the manifest after it.
-    """
-
-    def __init__(self, split_dir: str, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
-        self.fs, self.dir = storage.resolve(split_dir)
-        self.fs.create_dir(self.dir, recursive=True)
-        self.shard_bytes = shard_bytes
-        self.rows: dict[str, list] = {name: [] for name in SCHEMA.names}
-        self.pending = 0
-        self.shards: list[dict[str, Any]] = []
-
-    def add(self, key: str, image: bytes, depth: bytes, height: int, width: int) -> None:
-        index = sum(s["num_rows"] for s in self.shards) + len(self.rows["key"])
-        for name, value in zip(SCHEMA.names, (index, key, image, depth, height, width)):
-            self.rows[name].append(value)
-        self.pending += len(image) + len(depth)
-        if self.pending >= self.shard_bytes:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.rows["key"]:
-            return
-        table = pa.Table.from_pydict(self.rows, schema=SCHEMA)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
-        data = buf.getvalue()
-        name = shard_name(len(self.shards))
-        storage.write_atomic(self.fs, f"{self.dir}/{name}", data)
-        self.shards.append(
-            {"file": name, "num_rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        )
-        logger.debug("wrote %s (%d rows, %.1f MB)", name, table.num_rows, len(data) / 2**20)
-        self.rows = {name: [] for name in SCHEMA.names}
-        self.pending = 0
-
-    def close(self) -> list[dict[str, Any]]:
-        self._flush()
-        return self.shards
+def write_shard(fs, split_dir: str, index: int, rows: dict[str, list]) -> dict[str, Any]:
+    """Write ``rows`` (one list per :data:`SCHEMA` column; ``depth`` None for depth-less rows) as shard ``index`` of
+    the split directory ``split_dir`` (a path inside ``fs``), atomically; returns its manifest entry."""
+    table = pa.Table.from_pydict(rows, schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
+    data = buf.getvalue()
+    name = shard_name(index)
+    storage.write_atomic(fs, f"{split_dir}/{name}", data)
+    logger.debug("wrote %s (%d rows, %.1f MB)", name, table.num_rows, len(data) / 2**20)
+    return {"file": name, "num_rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def split_dir(path: str, split: str | None) -> str:
@@ -138,21 +109,23 @@ def read_row_group(fs, path: str, row_group: int) -> dict[str, list]:
     return out
 
 
-def decode_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A batch of stored rows -> ``index``, ``key``, ``image`` (H, W, 3) uint8, ``depth`` (H, W) float32 metres."""
+def decode_rows(batch: dict[str, np.ndarray], has_depth: bool = True) -> dict[str, Any]:
+    """A batch of stored rows -> ``index``, ``key``, ``image`` (H, W, 3) uint8 and, when ``has_depth``, ``depth``
+    (H, W) float32 metres (a depth-less row there is an error naming it)."""
     images, depths = [], []
     for key, img, dep, h, w in zip(batch["key"], batch["image"], batch["depth"], batch["height"], batch["width"]):
         image = decode_image(img, f"row {key}")
         if image.shape[:2] != (h, w):
             raise DataError(f"row {key}: image is {image.shape[:2]}, the row says {(int(h), int(w))}")
         images.append(image)
-        depths.append(decode_depth(dep, int(h), int(w), f"row {key}").copy())
-    return {
-        "index": batch["index"],
-        "key": batch["key"],
-        "image": _stack_or_list(images),
-        "depth": _stack_or_list(depths),
-    }
+        if has_depth:
+            if dep is None:
+                raise DataError(f"row {key}: no depth stored (depth-less shards have manifest has_depth: false)")
+            depths.append(decode_depth(dep, int(h), int(w), f"row {key}").copy())
+    out = {"index": batch["index"], "key": batch["key"], "image": _stack_or_list(images)}
+    if has_depth:
+        out["depth"] = _stack_or_list(depths)
+    return out
 
 
 def _stack_or_list(arrays: list[np.ndarray]) -> Any:
@@ -170,11 +143,17 @@ def read_raw(path: str, split: str | None = None, *, num_cpus: float = 1.0, veri
 
 
 def read_shards(path: str, split: str | None = None, *, num_cpus: float = 1.0, verify: bool = False):
-    """Shards -> ``ray.data.Dataset`` with ``key``, ``image`` (H, W, 3 uint8), ``depth`` (H, W float32, 0 invalid).
+    """Shards -> ``ray.data.Dataset`` with ``index``, ``key``, ``image`` (H, W, 3 uint8) and ``depth`` (H, W
+    float32, 0 invalid) — no ``depth`` column for depth-less shards (manifest ``has_depth: false``).
 
     ``path`` is a split directory (holding ``manifest.json``) or, with ``split``, the root above it. The manifest and
     its schema version are validated first (:class:`DataError` otherwise); ``verify`` also checks shard checksums.
     """
+    manifest = read_manifest(split_dir(path, split))
     return read_raw(path, split, num_cpus=num_cpus, verify=verify).map_batches(
-        decode_rows, batch_size=16, num_cpus=num_cpus, batch_format="numpy"
+        decode_rows,
+        fn_kwargs={"has_depth": has_depth(manifest)},
+        batch_size=16,
+        num_cpus=num_cpus,
+        batch_format="numpy",
     )

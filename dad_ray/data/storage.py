@@ -4,6 +4,13 @@ Every read and write of shards and manifests goes through here, so the same code
 Writes are atomic at file level: the bytes go to a temporary name next to the target, then a rename (local: an
 atomic ``os.replace``; object stores: a copy, which readers never see half-done because they only open files that a
 manifest lists, and the manifest is written last).
+
+Every filesystem in the package comes from :func:`resolve`, i.e. ``pyarrow.fs.FileSystem.from_uri``: it reaches an
+S3-compatible endpoint (MinIO, Ceph, R2, a test server) either through the standard ``AWS_ENDPOINT_URL`` variable
+or through the URI's own query parameters, as Ray's storage does (``s3://bucket/path?endpoint_override=HOST:PORT&
+scheme=http``); credentials and region come from the environment or the instance role. A bare
+``pyarrow.fs.S3FileSystem()`` ignores ``AWS_ENDPOINT_URL`` (Arrow issue #49643): never build one elsewhere.
+The path helpers (:func:`join`, :func:`parent`, :func:`basename`) keep a URI's query intact.
 """
 
 from __future__ import annotations
@@ -24,11 +31,60 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def split_query(uri: str) -> tuple[str, str]:
+    """``("s3://bucket/path", "?endpoint_override=…")`` of a URI (the query with its '?', or '')."""
+    base, sep, query = uri.partition("?")
+    return base, sep + query
+
+
 def join(path: str, *parts: str) -> str:
-    """Join with '/' (URIs) or the OS separator (local paths)."""
+    """Join with '/' (URIs: before the query, which is kept) or the OS separator (local paths)."""
     if is_uri(path):
-        return "/".join([path.rstrip("/"), *parts])
+        base, query = split_query(path)
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + query
     return os.path.join(path, *parts)
+
+
+def parent(path: str) -> str:
+    """The directory holding ``path``: a URI keeps its scheme, bucket and query; a local path is made absolute."""
+    if is_uri(path):
+        base, query = split_query(path)
+        scheme, rest = base.split("://", 1)
+        head = rest.rstrip("/").rsplit("/", 1)[0] if "/" in rest.rstrip("/") else rest.rstrip("/")
+        return f"{scheme}://{head}{query}"
+    return os.path.dirname(os.path.abspath(path))
+
+
+def basename(path: str) -> str:
+    """The last component of ``path`` (a URI's query left out)."""
+    base = split_query(path)[0] if is_uri(path) else path
+    return base.rstrip("/").rsplit("/", 1)[-1] if is_uri(path) else os.path.basename(os.path.abspath(base))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URI unchanged (never through ``pathlib``: ``Path("s3://b").resolve()`` is a
+    local ``<cwd>/s3:/b``)."""
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def is_file(path: str) -> bool:
+    """Whether ``path`` (local or URI) is a file."""
+    fs, inner = resolve(path)
+    return fs.get_file_info(inner).type == pafs.FileType.File
+
+
+def read_path(path: str) -> bytes:
+    """The bytes of the file at ``path`` (local or URI); FileNotFoundError naming ``path`` if there is none."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{path}: no such file")
+    return read_bytes(fs, inner)
+
+
+def write_path(path: str, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` (local or URI), atomically (:func:`write_atomic`)."""
+    fs, inner = resolve(path)
+    write_atomic(fs, inner, data.encode() if isinstance(data, str) else data)
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

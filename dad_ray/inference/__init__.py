@@ -7,9 +7,11 @@ run live below them: :class:`~dad_ray.models.DepthPredictor` (models) and the me
 from dad_ray.inference.actors import ActorPlan, plan_actors, plan_for_cluster
 from dad_ray.inference.evaluate import (
     EvalActor,
+    ModelToEvaluate,
     evaluate_checkpoint,
     evaluate_checkpoints,
     format_table,
+    model_to_evaluate,
     write_tensorboard,
 )
 from dad_ray.inference.predict import (
@@ -17,6 +19,7 @@ from dad_ray.inference.predict import (
     PredictOptions,
     PredictSummary,
     collect_images,
+    collect_uri_images,
     is_shard_dir,
     load_rgb,
     output_stem,
@@ -28,19 +31,27 @@ from dad_ray.inference.predict import (
     run_predict,
     write_prediction,
 )
+from dad_ray.inference.suite import SuiteSet, discover_suite, evaluate_suite, format_table5
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ActorPlan",
     "EvalActor",
+    "ModelToEvaluate",
     "PredictOptions",
     "PredictSummary",
+    "SuiteSet",
     "collect_images",
+    "collect_uri_images",
+    "discover_suite",
     "evaluate_checkpoint",
     "evaluate_checkpoints",
+    "evaluate_suite",
     "format_table",
+    "format_table5",
     "is_shard_dir",
     "load_rgb",
+    "model_to_evaluate",
     "output_stem",
     "plan_actors",
     "plan_for_cluster",

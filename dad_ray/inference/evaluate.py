@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,22 +21,64 @@ import pyarrow.fs as pafs
 import torch
 from tqdm import tqdm
 
+from dad_ray.config.schema import EvalConfig
 from dad_ray.data import storage
+from dad_ray.data.errors import DataError
+from dad_ray.data.resize import eval_size
 from dad_ray.inference.actors import plan_for_cluster
 from dad_ray.metrics import ALIGNMENTS, METRIC_KEYS, PROTOCOLS, MetricAccumulator, evaluate_disparity, get_protocol
-from dad_ray.models.hub import is_hub_path
-from dad_ray.models.weights import resolve_weights_file
+from dad_ray.models.weights import infer_model_name, is_storage_uri, read_eval_settings, resolve_weights_file
 from dad_ray.runtime import init_ray
 
 logger = logging.getLogger(__name__)
 
 
-def _actor_weights(weights: str, cache: str) -> str:
-    """What an evaluation actor loads: ``hf://`` paths as they are (each node reads its own Hugging Face cache),
-    storage URIs (``s3://``…) downloaded into ``cache`` once, local paths as they are."""
-    from dad_ray.data.storage import local_copy
+ORIGINS = ("explicit", "checkpoint", "default")  # an evaluation setting: given, recorded in the weights, EvalConfig's
 
-    return weights if is_hub_path(weights) else local_copy(weights, cache)
+
+@dataclass(frozen=True)
+class ModelToEvaluate:
+    """One model of an evaluation: registry ``name``, ``weights`` (a local path, ``hf://`` or a storage URI, which
+    each actor fetches itself), the network ``input_size`` and the ``alignment`` space it is evaluated with, and
+    ``sources``: where each of those two came from (:data:`ORIGINS`)."""
+
+    name: str
+    weights: str
+    input_size: int
+    alignment: str
+    sources: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        origin = dict(self.sources)
+        return (
+            f"{self.name}, input size {self.input_size} ({origin.get('input_size', 'given')}), "
+            f"alignment in {self.alignment} space ({origin.get('alignment', 'given')})"
+        )
+
+
+def model_to_evaluate(
+    weights: str,
+    model: str | None = None,
+    *,
+    input_size: int | None = None,
+    alignment: str | None = None,
+    defaults: EvalConfig | None = None,
+) -> ModelToEvaluate:
+    """A checkpoint's evaluation settings: each of ``input_size`` / ``alignment`` is the explicit value when given,
+    else what the checkpoint records in its metadata (:func:`~dad_ray.models.weights.read_eval_settings`), else
+    ``defaults`` (:class:`~dad_ray.config.schema.EvalConfig`'s). ``model`` None = inferred from the weights."""
+    defaults = defaults or EvalConfig()
+    recorded = read_eval_settings(weights)
+    candidates = {
+        "input_size": (input_size, recorded.input_size, defaults.input_size),
+        "alignment": (alignment, recorded.alignment, defaults.alignment),
+    }
+    chosen, sources = {}, []
+    for key, values in candidates.items():
+        origin, value = next((o, v) for o, v in zip(ORIGINS, values) if v is not None)
+        chosen[key] = value
+        sources.append((key, origin))
+    return ModelToEvaluate(model or infer_model_name(weights), weights, sources=tuple(sources), **chosen)
 
 
 class EvalActor:
@@ -44,36 +86,27 @@ class EvalActor:
 
     A batch {"key", "image" (B, H, W, 3) uint8 or ragged, "depth" (B, H, W) or ragged} → one row per (model, image):
     "model" (its label), "key", "valid" (bool), "n_pixels" (valid pixels under the protocol) and one float64 column
-    per metric (0 where not valid). ``models`` = [(label, registry name, weights path), ...], each loaded once.
+    per metric (0 where not valid). ``models`` = {label: :class:`ModelToEvaluate`}, each loaded once (weights on a
+    storage URI are fetched by the actor: :func:`~dad_ray.models.weights.resolve_weights_file`).
     """
 
     def __init__(
-        self,
-        models: list[tuple[str, str, str]],
-        input_size: int,
-        device: str,
-        batch_size: int,
-        protocol: str,
-        alignment: str,
-        threads: int = 1,
+        self, models: dict[str, ModelToEvaluate], device: str, batch_size: int, protocol: str, threads: int = 1
     ) -> None:
-        import tempfile
-
         from dad_ray.models import DepthPredictor
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        cache = tempfile.mkdtemp(prefix="dad_ray_eval_weights_")  # weights given as URIs are fetched once per actor
         self.predictors = {
-            label: DepthPredictor(
-                name, _actor_weights(weights, cache), input_size=input_size, device=device, batch_size=batch_size
-            )
-            for label, name, weights in models
+            label: DepthPredictor(m.name, m.weights, input_size=m.input_size, device=device, batch_size=batch_size)
+            for label, m in models.items()
         }
+        self.alignments = {label: m.alignment for label, m in models.items()}
         self.protocol = get_protocol(protocol)
-        self.alignment = alignment
 
-    def _metric_rows(self, disparities: list[np.ndarray], depths: list[np.ndarray], keys) -> list[dict[str, Any]]:
+    def _metric_rows(
+        self, disparities: list[np.ndarray], depths: list[np.ndarray], keys, alignment: str
+    ) -> list[dict[str, Any]]:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, depth in enumerate(depths):
             if disparities[i].shape != depth.shape:
@@ -83,7 +116,7 @@ class EvalActor:
         for indices in groups.values():  # one vectorised call per image size (usually a single group)
             pred = torch.from_numpy(np.stack([disparities[i] for i in indices]))
             gt = torch.from_numpy(np.stack([depths[i] for i in indices]))
-            per_image, valid = evaluate_disparity(pred, gt, self.protocol, self.alignment)
+            per_image, valid = evaluate_disparity(pred, gt, self.protocol, alignment)
             n_pixels = self.protocol.valid_mask(gt).flatten(1).sum(-1)
             for j, i in enumerate(indices):
                 out[i] = {"valid": bool(valid[j]), "n_pixels": int(n_pixels[j])}
@@ -95,7 +128,8 @@ class EvalActor:
         keys = [str(k) for k in batch["key"]]
         rows: dict[str, list] = {"model": [], "key": [], "valid": [], "n_pixels": [], **{k: [] for k in METRIC_KEYS}}
         for label, predictor in self.predictors.items():
-            for key, row in zip(keys, self._metric_rows(predictor.predict(batch["image"]), depths, keys)):
+            disparities = predictor.predict(batch["image"])
+            for key, row in zip(keys, self._metric_rows(disparities, depths, keys, self.alignments[label])):
                 rows["model"].append(label)
                 rows["key"].append(key)
                 for name, value in row.items():
@@ -111,8 +145,21 @@ def evaluate_checkpoint(*, model_name: str, weights: str, **kwargs: Any) -> dict
     return evaluate_checkpoints({model_name: (model_name, weights)}, **kwargs)[model_name]
 
 
+def _as_models(
+    models: dict[str, tuple[str, str] | ModelToEvaluate], input_size: int, alignment: str
+) -> dict[str, ModelToEvaluate]:
+    """Labels → :class:`ModelToEvaluate`; a ``(name, weights)`` pair gets the call's input size and alignment."""
+    out = {}
+    for label, m in models.items():
+        if not isinstance(m, ModelToEvaluate):
+            name, weights = m
+            m = ModelToEvaluate(name, storage.absolute(str(weights)), input_size, alignment)
+        out[label] = m
+    return out
+
+
 def evaluate_checkpoints(
-    models: dict[str, tuple[str, str]],
+    models: dict[str, tuple[str, str] | ModelToEvaluate],
     *,
     data: str,
     split: str | None = "test",
@@ -128,83 +175,85 @@ def evaluate_checkpoints(
     """Metrics of several checkpoints on ``data`` (a shard root with ``split``, or a split directory with split
     None), in one pass: each image is read and decoded once and every model predicts it.
 
-    ``models`` = {label: (registry name, weights path)}. Returns {label: {metric: mean over images with a valid
-    pixel, "n_images", "n_invalid", "invalid_keys" (list), "protocol", "alignment", "model", "weights", "split"}}.
+    ``models`` = {label: :class:`ModelToEvaluate`, or (registry name, weights path), evaluated at ``input_size``
+    in ``alignment`` space}. Returns {label: {metric: mean over images with a valid pixel, "n_images",
+    "n_invalid", "invalid_keys" (list), "protocol", "alignment", "input_size", "model", "weights", "split"}}.
     Starts a local Ray when none is connected (or joins ``RAY_ADDRESS``). ``max_samples`` > 0 evaluates the first
     rows only; ``actors`` 0 = one per GPU, or CPUs − 1 (:func:`~dad_ray.inference.actors.plan_actors`).
     """
     import ray.data
 
+    from dad_ray.data.manifest import has_depth
     from dad_ray.data.shards import shard_files
 
-    _check_inputs(models, protocol, alignment, batch_size)
+    specs = _as_models(models, input_size, alignment)
+    _check_inputs(specs, protocol, batch_size)
     init_ray()
     manifest, _files, _fs = shard_files(data, split)
+    where = storage.join(data, split) if split else data
+    if not has_depth(manifest):
+        raise DataError(f"{where}: these shards carry no depth (unlabeled images): nothing to evaluate against")
     total = manifest["num_samples"] if max_samples <= 0 else min(max_samples, manifest["num_samples"])
-    ds = _decoded_rows(data, split, max_samples, batch_size)
     plan = plan_for_cluster(use_gpu=use_gpu, actors=actors, fill_cpus=True)  # CPU: one actor per CPU but one
-    rows = ds.map_batches(
+    rows = _decoded_rows(data, split, max_samples, batch_size).map_batches(
         EvalActor,
-        fn_constructor_kwargs={
-            "models": [
-                (label, name, w if storage.is_uri(w) else str(Path(w).resolve())) for label, (name, w) in models.items()
-            ],
-            "input_size": input_size,
-            "device": plan.device,
-            "batch_size": batch_size,
-            "protocol": protocol,
-            "alignment": alignment,
-            "threads": plan.threads,
-        },
+        fn_constructor_args=(specs, plan.device, batch_size, protocol, plan.threads),
         compute=ray.data.ActorPoolStrategy(size=plan.count),
         batch_size=batch_size,
         batch_format="numpy",
         **plan.resources,
     )
     logger.info(
-        "evaluating %s on %d images of %s/%s: protocol %s, alignment in %s space, %d actor(s) on %s",
-        ", ".join(f"{label} ({name}, {w})" for label, (name, w) in models.items()),
-        total, data, split or "", protocol, alignment, plan.count, plan.device,
+        "evaluating on %d images of %s (protocol %s), %d actor(s) on %s: %s",
+        total, where, protocol, plan.count, plan.device,
+        "; ".join(f"{label}: {m.describe()}, {m.weights}" for label, m in specs.items()),
     )  # fmt: skip
-    accs, invalid_keys = _accumulate(rows, list(models), total, progress)
-    results: dict[str, dict[str, Any]] = {}
-    for label, (name, weights) in models.items():
-        result: dict[str, Any] = accs[label].compute()
-        if result["n_images"] != total:
-            raise RuntimeError(f"{label}: evaluated {result['n_images']} images but the split holds {total}")
-        keys = invalid_keys[label]
-        if keys:
-            logger.warning(
-                "%s: %d image(s) have no valid pixel under protocol %s and are excluded from the means: %s",
-                label, len(keys), protocol, ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""),
-            )  # fmt: skip
-        result.update(
-            invalid_keys=keys,
-            protocol=protocol,
-            alignment=alignment,
-            model=name,
-            weights=str(weights),
-            split=f"{data}/{split}" if split else str(data),
-        )
-        results[label] = result
-    return results
+    accs, invalid_keys = _accumulate(rows, list(specs), total, progress)
+    return {
+        label: _result(label, m, accs[label], invalid_keys[label], total, protocol, where) for label, m in specs.items()
+    }
 
 
-def _check_inputs(models: dict[str, tuple[str, str]], protocol: str, alignment: str, batch_size: int) -> None:
-    """Refuse a bad alignment, protocol, batch size or missing checkpoint before Ray starts."""
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+def _result(
+    label: str, m: ModelToEvaluate, acc: MetricAccumulator, keys: list[str], total: int, protocol: str, where: str
+) -> dict[str, Any]:
+    result: dict[str, Any] = acc.compute()
+    if result["n_images"] != total:
+        raise RuntimeError(f"{label}: evaluated {result['n_images']} images but the split holds {total}")
+    if keys:
+        logger.warning(
+            "%s: %d image(s) have no valid pixel under protocol %s and are excluded from the means: %s",
+            label, len(keys), protocol, ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""),
+        )  # fmt: skip
+    result.update(
+        invalid_keys=keys,
+        protocol=protocol,
+        alignment=m.alignment,
+        input_size=m.input_size,
+        settings_from=dict(m.sources),
+        model=m.name,
+        weights=str(m.weights),
+        split=where,
+    )
+    return result
+
+
+def _check_inputs(models: dict[str, ModelToEvaluate], protocol: str, batch_size: int) -> None:
+    """Refuse a bad alignment, protocol, input size, batch size or missing checkpoint before Ray starts."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
     if not models:
         raise ValueError("no model to evaluate")
-    for _name, weights in models.values():
-        if is_hub_path(weights) or not storage.is_uri(weights):  # local file or directory, or hf:// in the cache
-            resolve_weights_file(weights)  # FileNotFoundError naming the path (or the repo and file)
-            continue
-        fs, inner = storage.resolve(weights)  # s3://, gs://, file://: read by each actor (local_copy)
-        if fs.get_file_info(inner).type != pafs.FileType.File:
-            raise FileNotFoundError(f"checkpoint {weights} does not exist")
+    for label, m in models.items():
+        if m.alignment not in ALIGNMENTS:
+            raise ValueError(f"{label}: alignment must be one of {ALIGNMENTS}, got {m.alignment!r}")
+        eval_size(m.input_size, m.input_size, m.input_size)  # ValueError unless a positive multiple of 14
+        if is_storage_uri(m.weights):  # s3://, gs://, file://: fetched by each actor, only checked here
+            fs, inner = storage.resolve(m.weights)
+            if fs.get_file_info(inner).type != pafs.FileType.File:
+                raise FileNotFoundError(f"checkpoint {m.weights} does not exist")
+        else:  # local file or directory, or hf:// in the cache
+            resolve_weights_file(m.weights)  # FileNotFoundError naming the path (or the repo and file)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
@@ -268,3 +317,39 @@ def write_tensorboard(result: dict[str, Any], log_dir: str, tag: str = "eval") -
         for k in (*METRIC_KEYS, "n_images", "n_invalid"):
             writer.add_scalar(f"{tag}/{k}", result[k], 0)
         writer.add_text(f"{tag}/protocol", f"{result['protocol']}, alignment in {result['alignment']} space", 0)
+
+
+def checkpoint_labels(checkpoints: list[str], labels: list[str] | None = None) -> list[str]:
+    """Row labels of checkpoints: ``labels`` when given (one per checkpoint), else each file's stem, made unique by
+    its parent directory's name where two stems agree (``run_a/student``, ``run_b/student``)."""
+    if labels:
+        if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
+            raise ValueError(f"--label: give one distinct label per --checkpoint ({len(checkpoints)}), got {labels}")
+        return list(labels)
+    stems = [storage.basename(c).rsplit(".", 1)[0] for c in checkpoints]
+    out = [
+        f"{storage.basename(storage.parent(c))}/{stem}" if stems.count(stem) > 1 else stem
+        for c, stem in zip(checkpoints, stems)
+    ]
+    if len(set(out)) != len(out):
+        raise ValueError(f"checkpoints {checkpoints} give the same row labels {out}: name the rows with --label")
+    return out
+
+
+def data_protocol(
+    data: str, split: str | None, explicit: str | None, models: dict[str, ModelToEvaluate], default: str = "nyu"
+) -> tuple[str, str]:
+    """The protocol for one shard set and where it came from: ``explicit`` (--protocol), else the manifest's
+    ``dataset`` (a benchmark), else what the first checkpoint recording one was evaluated with, else ``default``."""
+    from dad_ray.data.manifest import read_manifest
+
+    if explicit:
+        return explicit, "explicit"
+    dataset = read_manifest(storage.join(data, split) if split else data).get("dataset")
+    if dataset in PROTOCOLS:
+        return dataset, "manifest"
+    for m in models.values():
+        recorded = read_eval_settings(m.weights).protocol
+        if recorded in PROTOCOLS:
+            return recorded, "checkpoint"
+    return default, "default"

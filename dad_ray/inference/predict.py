@@ -30,10 +30,11 @@ import glob
 import json
 import logging
 import os
+import posixpath
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,9 @@ class PredictOptions:
 
 
 def is_shard_dir(path: str | Path) -> bool:
-    """A shard split directory (it holds the shard ``manifest.json``) rather than a folder of images."""
+    """A shard split directory (it holds the shard ``manifest.json``) rather than a folder of images; local or URI."""
+    if storage.is_uri(str(path)):
+        return any(storage.is_file(storage.join(str(path), marker)) for marker in SHARD_MARKERS)
     path = Path(path)
     return path.is_dir() and any(any(path.glob(marker)) for marker in SHARD_MARKERS)
 
@@ -109,9 +112,47 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[Path], Path]:
     return files, root
 
 
-def output_stem(path: str | Path, root: Path) -> Path:
-    """Input image path → its output path without suffix, relative to the output directory."""
+def output_stem(path: str | Path, root: Path | str) -> Path:
+    """Input image path → its output path without suffix, relative to the output directory. A ``str`` root is a
+    directory inside a storage filesystem (URI inputs): its paths are compared as they are (POSIX, not resolved)."""
+    if isinstance(root, str):
+        return Path(PurePosixPath(str(path)).relative_to(root).with_suffix(""))
     return Path(path).resolve().relative_to(root).with_suffix("")
+
+
+def collect_uri_images(inputs: Sequence[str]) -> tuple[Any, list[str], str]:
+    """Storage URIs of image files or directories (searched recursively) → (their filesystem, the sorted image
+    paths inside it, their common directory). Every input must be on the same filesystem (e.g. one bucket's
+    endpoint); glob patterns are not expanded on URIs."""
+    import pyarrow.fs as pafs
+
+    fs, files = None, []
+    for item in inputs:
+        item_fs, inner = storage.resolve(item)
+        if fs is not None and not item_fs.equals(fs):
+            raise ValueError(f"{item}: URI inputs must share one filesystem (first: {inputs[0]})")
+        fs, info = item_fs, item_fs.get_file_info(inner)
+        if info.type == pafs.FileType.File:
+            found = [inner]
+        elif info.type == pafs.FileType.Directory:
+            listing = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+            found = sorted(
+                i.path for i in listing if i.is_file and PurePosixPath(i.path).suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            found = []
+        if not found:
+            raise FileNotFoundError(f"no image files found for input {item!r}")
+        files.extend(found)
+    files = sorted(set(files))
+    root = posixpath.commonpath([posixpath.dirname(f) for f in files])
+    seen: dict[Path, str] = {}
+    for f in files:
+        stem = output_stem(f, root)
+        if stem in seen:
+            raise ValueError(f"{seen[stem]} and {f} would both be written as {stem}.npy/.png: rename one")
+        seen[stem] = f
+    return fs, files, root
 
 
 def write_prediction(disparity: np.ndarray, out_dir: Path, stem: Path, cmap: str) -> None:
@@ -261,7 +302,7 @@ def predict_dataset(
         RowPredictor,
         fn_constructor_kwargs={
             "model_name": opts.model,
-            "weights": opts.checkpoint if is_hub_path(opts.checkpoint) else str(Path(opts.checkpoint).resolve()),
+            "weights": storage.absolute(opts.checkpoint),  # a URI as it is: each actor fetches it
             "input_size": opts.input_size,
             "device": plan.device,
             "batch_size": opts.batch_size,
@@ -304,12 +345,15 @@ def _decode_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"path": batch["path"], "image": _stack_or_ragged(images), "error": np.array(errors, dtype=object)}
 
 
-def predict_images_ray(files: Sequence[Path], root: Path, opts: PredictOptions) -> PredictSummary:
-    """Images through Ray Data: bytes (``read_binary_files``) → decoded in tasks (:func:`_decode_files`, each image
+def predict_images_ray(
+    files: Sequence[Path | str], root: Path | str, opts: PredictOptions, filesystem: Any = None
+) -> PredictSummary:
+    """Images through Ray Data: bytes (``read_binary_files``, from ``filesystem`` when the files are paths inside
+    one: URI inputs, read by the Ray tasks where they are) → decoded in tasks (:func:`_decode_files`, each image
     keeps its size; mixed sizes are fine) → the actor pool."""
     import ray.data
 
-    ds = ray.data.read_binary_files([str(p) for p in files], include_paths=True, num_cpus=1)
+    ds = ray.data.read_binary_files([str(p) for p in files], include_paths=True, num_cpus=1, filesystem=filesystem)
     ds = ds.map_batches(_decode_files, batch_size=None, num_cpus=1, batch_format="numpy")
     return predict_dataset(ds, "path", root, len(files), opts)
 
@@ -360,10 +404,11 @@ def _write_skipped(summary: PredictSummary, out: str) -> None:
 def predict_inputs(
     inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "auto", ray_threshold: int = 256
 ) -> PredictSummary:
-    """Route to the engine: a shard directory → Ray; images → Ray when ``ray_mode == "on"`` or, with ``"auto"``,
-    when there are more than ``ray_threshold`` of them; otherwise local. With ``opts.skip_bad`` the skipped inputs
-    are written to ``<out>/skipped.json`` (an empty list when there were none); if every input was unreadable that
-    is still a :class:`DataError`."""
+    """Route to the engine: a shard directory (local or URI) → Ray; image files or directories given as storage URIs
+    (``s3://…``, ``file://…``) → Ray (its tasks read them where they are, never the driver); local images → Ray when
+    ``ray_mode == "on"`` or, with ``"auto"``, when there are more than ``ray_threshold`` of them; otherwise local.
+    With ``opts.skip_bad`` the skipped inputs are written to ``<out>/skipped.json`` (an empty list when there were
+    none); if every input was unreadable that is still a :class:`DataError`."""
     if ray_mode not in ("auto", "on", "off"):
         raise ValueError(f"ray_mode must be 'auto', 'on' or 'off', got {ray_mode!r}")
     shards = [i for i in inputs if is_shard_dir(i)]
@@ -374,6 +419,13 @@ def predict_inputs(
             raise ValueError(f"{shards[0]} is a shard directory: it is read with Ray Data (drop --ray off)")
         init_ray()
         summary = predict_shards(shards[0], opts)
+    elif any(storage.is_uri(i) and not is_hub_path(i) for i in inputs):  # read where they are, by Ray tasks
+        if ray_mode == "off":
+            raise ValueError(f"{list(inputs)}: storage URIs are read by Ray Data tasks (drop --ray off)")
+        fs, uri_files, uri_root = collect_uri_images(inputs)
+        logger.info("%d image(s) under %s → %s (Ray Data)", len(uri_files), uri_root, opts.out)
+        init_ray()
+        summary = predict_images_ray(uri_files, uri_root, opts, filesystem=fs)
     else:
         files, root = collect_images(inputs)
         use_ray = ray_mode == "on" or (ray_mode == "auto" and len(files) > ray_threshold)

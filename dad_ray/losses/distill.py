@@ -136,9 +136,9 @@ def resample_tokens(
     if n != gh * gw:
         raise ValueError(f"{n} tokens do not fill a {gh}x{gw} grid")
     maps = tokens.float().transpose(1, 2).reshape(b, c, gh, gw)  # (B, C, gh, gw)
-    box = torch.tensor([0.0, 0.0, float(extent[1]), float(extent[0])], device=tokens.device)  # x0 y0 x1 y1
-    index = torch.arange(b, device=tokens.device, dtype=torch.float32).unsqueeze(-1)
-    rois = torch.cat([index, box.expand(b, 4)], dim=-1)  # (B, 5)
+    index = torch.arange(b, device=tokens.device, dtype=torch.float32)
+    zero = torch.zeros_like(index)  # the box x0 y0 x1 y1, built on the device (no copy from the host: a GPU sync)
+    rois = torch.stack([index, zero, zero, zero + float(extent[1]), zero + float(extent[0])], dim=-1)  # (B, 5)
     out = roi_align(maps, rois, output_size=tuple(out_grid), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return out.flatten(2).transpose(1, 2)  # (B, oh * ow, C)
 
@@ -155,8 +155,8 @@ def crop_boxes(maps: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, i
     b, h, w = maps.shape
     n = boxes.shape[1]
     size = (size, size) if isinstance(size, int) else tuple(size)
-    scale = torch.tensor([w, h, w, h], device=maps.device, dtype=torch.float32)
-    xyxy = boxes.detach().float()[..., [1, 0, 3, 2]] * scale  # (B, N, 4) pixels, x0 y0 x1 y1
+    y0, x0, y1, x1 = boxes.detach().float().unbind(-1)  # (B, N) each; Python scales: nothing copied from the host
+    xyxy = torch.stack([x0 * w, y0 * h, x1 * w, y1 * h], dim=-1)  # (B, N, 4) pixels, x0 y0 x1 y1
     index = torch.arange(b, device=maps.device, dtype=torch.float32).repeat_interleave(n).unsqueeze(-1)
     rois = torch.cat([index, xyxy.reshape(b * n, 4)], dim=-1)  # (B*N, 5)
     out = roi_align(
@@ -202,24 +202,30 @@ def distill_losses(
 ) -> dict[str, torch.Tensor]:
     """All distillation parts and the total: {"sc", "lg", "feat", "grad", "total"}, each a scalar tensor.
 
-    total = sc + λ1·lg + λ2·feat + λ3·grad (``cfg.lambda_lg``, ``lambda_feat``, ``lambda_grad``). sc = L_Dis on the
-    shared-context crop pair (B, C, C) with ``cfg.normalization``; grad = :func:`gradient_loss` on the same pair with
-    the per-image ``global`` normalisation (``none`` when ``cfg.normalization`` is ``none``) and ``cfg.grad_scales``;
-    lg needs student_global/teacher_local/boxes/mask_local, feat needs feat_student/feat_teacher (B, N, C). A part
-    whose λ is 0 or whose inputs are None is skipped and reported as a 0.0 tensor (stable logging keys).
+    total = λ_sc·sc + λ1·lg + λ2·feat + λ3·grad (``cfg.lambda_sc``, ``lambda_lg``, ``lambda_feat``, ``lambda_grad``).
+    sc = L_Dis on the shared-context crop pair (B, C, C) with ``cfg.sc_normalization``; lg = :func:`local_global_loss`
+    with ``cfg.lg_normalization``; grad = :func:`gradient_loss` on the crop pair with the per-image ``global``
+    normalisation (``none`` when the shared-context normalisation is ``none``) and ``cfg.grad_scales``. lg needs
+    student_global/teacher_local/boxes/mask_local, feat needs feat_student/feat_teacher (B, N, C). A part whose λ is
+    0 or whose inputs are None is skipped and reported as a 0.0 tensor (stable logging keys); the total stays in the
+    student's graph even when every part is skipped.
     """
-    sc = dis_loss(student_crop, teacher_crop, mask_crop, cfg.normalization)
-    zero = torch.zeros((), device=sc.device)
-    parts = {"sc": sc, "lg": zero, "feat": zero, "grad": zero}
+    zero = student_crop.sum() * 0.0  # connected to the student: backward works whatever is switched off
+    parts = {"sc": zero, "lg": zero, "feat": zero, "grad": zero}
+    if cfg.lambda_sc > 0:
+        parts["sc"] = dis_loss(student_crop, teacher_crop, mask_crop, cfg.sc_normalization)
     lg_inputs = (student_global, teacher_local, boxes, mask_local)
     if cfg.lambda_lg > 0 and all(x is not None for x in lg_inputs):
-        parts["lg"] = local_global_loss(student_global, teacher_local, boxes, mask_local, cfg.normalization)
+        parts["lg"] = local_global_loss(student_global, teacher_local, boxes, mask_local, cfg.lg_normalization)
     if cfg.lambda_feat > 0 and feat_student is not None and feat_teacher is not None:
         parts["feat"] = feature_loss(feat_student, feat_teacher, cfg.feat_margin)
     if cfg.lambda_grad > 0:
-        grad_norm = "none" if cfg.normalization == "none" else "global"
+        grad_norm = "none" if cfg.sc_normalization == "none" else "global"
         parts["grad"] = gradient_loss(student_crop, teacher_crop, mask_crop, grad_norm, cfg.grad_scales)
     parts["total"] = (
-        sc + cfg.lambda_lg * parts["lg"] + cfg.lambda_feat * parts["feat"] + cfg.lambda_grad * parts["grad"]
+        cfg.lambda_sc * parts["sc"]
+        + cfg.lambda_lg * parts["lg"]
+        + cfg.lambda_feat * parts["feat"]
+        + cfg.lambda_grad * parts["grad"]
     )
-    return parts
+    return {k: v.float() for k, v in parts.items()}

@@ -69,9 +69,10 @@ def context_ids(reference: torch.Tensor, mask: torch.Tensor, levels: tuple[int, 
     u = torch.where(span > 0, (ref - lo) / span.clamp_min(torch.finfo(ref.dtype).tiny), torch.zeros_like(ref))
     u = u.masked_fill(~mask, 0.0)  # invalid pixels may hold anything (NaN, inf): keep the integer cast defined
     seg = (u * finest).floor_().clamp_(0, finest - 1).long()  # (B, P) finest segment
-    group = torch.tensor([finest // n for n in levels], device=ref.device).view(1, -1, 1)  # (1, L, 1)
-    offsets = torch.tensor([sum(levels[:i]) for i in range(len(levels))], device=ref.device).view(1, -1, 1)
-    ids = torch.div(seg.unsqueeze(1), group, rounding_mode="floor") + offsets  # (B, L, P)
+    # one level at a time with Python integers: no small index tensor copied from the host (a GPU sync)
+    ids = torch.stack(
+        [torch.div(seg, finest // n, rounding_mode="floor") + sum(levels[:i]) for i, n in enumerate(levels)], dim=1
+    )  # (B, L, P)
     return ids.masked_fill_(~mask.unsqueeze(1), sum(levels))
 
 

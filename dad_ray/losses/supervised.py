@@ -21,9 +21,10 @@ def _gt_valid(gt_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def disparity_target(gt_depth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, W) depth in m → (1/depth on valid pixels else 0, valid mask)."""
+    """(B, H, W) depth in m → (1/depth on valid pixels else 0, valid mask); float32, or float64 for float64 depth
+    (the evaluation's precision)."""
     valid = _gt_valid(gt_depth, mask)
-    gt = gt_depth.float()
+    gt = gt_depth if gt_depth.dtype == torch.float64 else gt_depth.float()
     return torch.where(valid, 1.0 / torch.where(valid, gt, torch.ones_like(gt)), torch.zeros_like(gt)), valid
 
 

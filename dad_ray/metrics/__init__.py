@@ -11,10 +11,12 @@ from dad_ray.metrics.depth import (
 )
 from dad_ray.metrics.protocol import (
     ALIGNMENTS,
+    PAPER_ORDER,
     PROTOCOLS,
     EvalProtocol,
     aligned_depth,
     evaluate_disparity,
+    evaluate_prediction,
     get_protocol,
 )
 
@@ -22,6 +24,7 @@ __all__ = [
     "ALIGNMENTS",
     "LOWER_IS_BETTER",
     "METRIC_KEYS",
+    "PAPER_ORDER",
     "PROTOCOLS",
     "EvalProtocol",
     "MetricAccumulator",
@@ -29,6 +32,7 @@ __all__ = [
     "aligned_depth",
     "depth_metrics",
     "evaluate_disparity",
+    "evaluate_prediction",
     "fit_scale_shift",
     "get_protocol",
     "per_image_metrics",

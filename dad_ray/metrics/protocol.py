@@ -13,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from dad_ray.data.resize import resize_prediction
+from dad_ray.losses import disparity_target
 from dad_ray.metrics.depth import fit_scale_shift, per_image_metrics
 
 Alignment = Literal["disparity", "depth"]
@@ -52,24 +54,28 @@ class EvalProtocol:
         return valid
 
 
-def _garg(h: int, w: int) -> tuple[int, int, int, int]:  # BTS/AdaBins: int(fraction · size) on the 352×1216 crop
-    return int(0.40810811 * h), int(0.99189189 * h), int(0.03594771 * w), int(0.96405229 * w)
+def _kitti_crop(fractions: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """A KITTI crop box on the 352×1216 benchmark crop: ``int(fraction · size)`` per bound, as BTS, AdaBins and
+    Marigold's ``kitti_benchmark_crop`` evaluation compute it."""
+    top, bottom, left, right = fractions
+    return int(top * 352), int(bottom * 352), int(left * 1216), int(right * 1216)
 
 
-def _eigen(h: int, w: int) -> tuple[int, int, int, int]:
-    return int(0.3324324 * h), int(0.91351351 * h), int(0.03594771 * w), int(0.96405229 * w)
-
+GARG_FRACTIONS = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # Garg et al. (ECCV 2016)
+EIGEN_FRACTIONS = (0.3324324, 0.91351351, 0.03594771, 0.96405229)  # Eigen et al. (NeurIPS 2014)
 
 PROTOCOLS: dict[str, EvalProtocol] = {
     # NYU Depth V2 official test split: Eigen crop rows 45:471, cols 41:601 of 480×640, 1e-3 < gt < 10 m
     "nyu": EvalProtocol("nyu", 1e-3, 10.0, (45, 471, 41, 601), (480, 640)),
-    # KITTI Eigen test on the 352×1216 benchmark crop: Garg crop, gt < 80 m
-    "kitti": EvalProtocol("kitti", 1e-3, 80.0, _garg(352, 1216), (352, 1216)),
-    "kitti_eigen": EvalProtocol("kitti_eigen", 1e-3, 80.0, _eigen(352, 1216), (352, 1216)),
-    "eth3d": EvalProtocol("eth3d", 1e-3, math.inf),  # no cap
-    "scannet": EvalProtocol("scannet", 1e-3, 10.0),
-    "diode": EvalProtocol("diode", 0.6, 350.0),
+    # KITTI Eigen test on the 352×1216 benchmark crop, 1e-5 < gt < 80 m, Eigen crop: what Marigold's and
+    # Distill-Any-Depth's evaluation configs use (eigen_valid_mask); kitti_garg is the Garg-crop variant
+    "kitti": EvalProtocol("kitti", 1e-5, 80.0, _kitti_crop(EIGEN_FRACTIONS), (352, 1216)),
+    "kitti_garg": EvalProtocol("kitti_garg", 1e-5, 80.0, _kitti_crop(GARG_FRACTIONS), (352, 1216)),
+    "diode": EvalProtocol("diode", 0.6, 350.0),  # DIODE val (indoor + outdoor), 0.6 < gt < 350 m
+    "eth3d": EvalProtocol("eth3d", 1e-5, math.inf),  # ETH3D, no cap
+    "scannet": EvalProtocol("scannet", 1e-3, 10.0),  # ScanNet, 1e-3 < gt < 10 m
 }
+PAPER_ORDER = ("nyu", "kitti", "diode", "scannet", "eth3d")  # the columns of the paper's Table 5
 
 
 def get_protocol(protocol: str | EvalProtocol) -> EvalProtocol:
@@ -86,16 +92,19 @@ def aligned_depth(
     """Least-squares-aligned metric depth (B, H, W) float64 from a prediction at gt resolution.
 
     ``disparity`` (Depth Anything models: the prediction is affine-invariant disparity): fit s, t of s·pred + t to
-    1/gt on the valid pixels, then depth = 1 / max(s·pred + t, 1/max_depth) (floor 1e-3 when there is no cap).
-    ``depth`` (models whose output is affine-invariant depth): fit s, t to gt directly. Either way the depth is then
-    clipped to [min_depth, max_depth] (no upper clip without a cap).
+    1/gt (:func:`~dad_ray.losses.disparity_target`) on the valid pixels whose prediction is > 0 — as Marigold's
+    evaluation does, so that a ReLU's zeros (the sky of KITTI, DIODE or ETH3D) do not pull the fit; those pixels still
+    count in the metrics — then depth = 1 / max(s·pred + t, 1/max_depth) (floor 1e-3 when there is no cap).
+    ``depth`` (models whose output is affine-invariant depth, which may be ≤ 0 before the shift): fit s, t to gt
+    directly over every valid pixel, as Marigold does in depth space. Either way the depth is then clipped to
+    [min_depth, max_depth] (no upper clip without a cap).
     """
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     gt = gt_depth.double()
     if alignment == "disparity":
-        target = torch.where(valid, 1.0 / torch.where(valid, gt, torch.ones_like(gt)), torch.zeros_like(gt))
-        s, t = fit_scale_shift(pred, target, valid)
+        target, valid = disparity_target(gt, valid)
+        s, t = fit_scale_shift(pred, target, valid & (pred > 0))
         disp = s.view(-1, 1, 1) * pred.double() + t.view(-1, 1, 1)
         floor = 1.0 / protocol.max_depth if math.isfinite(protocol.max_depth) else DISPARITY_FLOOR
         depth = 1.0 / disp.clamp_min(floor)
@@ -123,3 +132,15 @@ def evaluate_disparity(
     valid = proto.valid_mask(gt_depth)
     depth = aligned_depth(pred_disp.float(), gt_depth, valid, proto, alignment)
     return per_image_metrics(depth, gt_depth.double(), valid)
+
+
+def evaluate_prediction(
+    pred: torch.Tensor,
+    gt_depth: torch.Tensor,
+    protocol: str | EvalProtocol = "nyu",
+    alignment: Alignment = "disparity",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """pred (B, h, w) at the network's input size → upsampled to the ground truth by the one evaluation resize
+    (:func:`~dad_ray.data.resize.resize_prediction`, as :func:`~dad_ray.models.predict_disparity` does) →
+    :func:`evaluate_disparity`. Training validation calls this, so its metrics equal the final evaluation's."""
+    return evaluate_disparity(resize_prediction(pred, tuple(gt_depth.shape[-2:])), gt_depth, protocol, alignment)

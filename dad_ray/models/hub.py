@@ -88,8 +88,13 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def weights_available(path: str | os.PathLike) -> bool:
-    """Whether a weights path can be read now: a local file, or an ``hf://`` file in the cache (for config checks
-    that must not treat a cached Hub file as missing)."""
+    """Whether a weights path can be read now: a local file, an ``hf://`` file in the cache, or a file at a storage
+    URI (``s3://…``, ``file://…``; fetched by whoever loads it) — for config checks that must not treat those as
+    missing."""
+    from dad_ray.data import storage
+
+    if isinstance(path, str) and storage.is_uri(path) and not is_hub_path(path):
+        return storage.is_file(path)
     try:
         return resolve_path(path).is_file()
     except (HubFileNotCachedError, ValueError):

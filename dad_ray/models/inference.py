@@ -1,11 +1,11 @@
 """Inference: the official pre-processing, :func:`predict_disparity`, and the Ray Data actor :class:`DepthPredictor`.
 
-Pre-processing follows Depth Anything V2's ``infer_image``: the image is resized so that both sides are at least
-``input_size`` with the aspect ratio kept ("lower_bound"), each side rounded to the nearest multiple of 14 (half to
-even, like ``np.round``; rounded up instead when that would fall below ``input_size``), so the short side becomes
-``input_size`` and the long side ``round(long * input_size / short / 14) * 14``; bicubic (a = -0.75, no antialias:
-the same kernel as the official ``cv2.INTER_CUBIC`` on float images, not bit-identical to OpenCV), then ImageNet
-mean/std. The disparity is upsampled back to the image size bilinearly with ``align_corners=True``.
+Pre-processing follows Depth Anything V2's ``infer_image`` through the one set of evaluation resizes,
+:mod:`dad_ray.data.resize` (shared with training validation): the image is resized so that both sides are at least
+``input_size`` with the aspect ratio kept, each side a multiple of 14 (:func:`~dad_ray.data.resize.eval_size`);
+bicubic (a = -0.75, no antialias, no clamp: the same kernel as the official ``cv2.INTER_CUBIC`` on float images, not
+bit-identical to OpenCV), then ImageNet mean/std. The disparity is upsampled back to the image size by
+:func:`~dad_ray.data.resize.resize_prediction` (bilinear, ``align_corners=True``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dad_ray.data.resize import eval_size, resize_input, resize_prediction
 from dad_ray.models.registry import create_model
-from dad_ray.models.spec import PATCH_SIZE
 from dad_ray.models.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -29,17 +28,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _to_multiple(x: float, min_val: int, multiple: int = PATCH_SIZE) -> int:
-    y = int(np.round(x / multiple) * multiple)
-    return int(np.ceil(x / multiple) * multiple) if y < min_val else y
-
-
 def network_input_size(height: int, width: int, input_size: int = 518) -> tuple[int, int]:
-    """(H, W) of an image → the official network input (h, w): lower-bound keep-aspect, multiples of 14."""
-    if input_size <= 0 or input_size % PATCH_SIZE:
-        raise ValueError(f"input_size must be a positive multiple of {PATCH_SIZE}, got {input_size}")
-    scale = max(input_size / height, input_size / width)
-    return _to_multiple(scale * height, input_size), _to_multiple(scale * width, input_size)
+    """(H, W) of an image → the official network input (h, w): :func:`dad_ray.data.resize.eval_size`."""
+    return eval_size(height, width, input_size)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -50,10 +41,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def preprocess(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (B, H, W, 3) → float32 (B, 3, h, w): scaled to [0, 1], bicubic resize, ImageNet-normalised."""
-    x = images.permute(0, 3, 1, 2).float() / 255.0
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
+    """uint8 (B, H, W, 3) → float32 (B, 3, h, w): scaled to [0, 1], :func:`~dad_ray.data.resize.resize_input`,
+    ImageNet-normalised."""
+    x = resize_input(images.permute(0, 3, 1, 2).float() / 255.0, size)
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -81,8 +71,7 @@ def predict_disparity(
             disparity = model(x)  # (B, h, w)
     finally:
         model.train(was_training)
-    disparity = F.interpolate(disparity[:, None].float(), (height, width), mode="bilinear", align_corners=True)
-    return disparity[:, 0].cpu().numpy().astype(np.float32, copy=False)
+    return resize_prediction(disparity, (height, width)).cpu().numpy().astype(np.float32, copy=False)
 
 
 def _as_image_list(images) -> list[np.ndarray]:

@@ -3,8 +3,15 @@
 Reads official ``.pth`` files (``torch.load(weights_only=True)``: tensors only, never arbitrary pickled objects),
 ``.safetensors`` files (Distill-Any-Depth's releases, our own saves) and two explicit wrappers ``{"model": sd}`` /
 ``{"state_dict": sd}``; a path may also be ``hf://org/repo/file`` (the local Hugging Face cache only,
-:mod:`dad_ray.models.hub`) or a transformers model directory. Key maps, applied in this order and reported in
-:class:`LoadReport`:
+:mod:`dad_ray.models.hub`), a storage URI (``s3://…``, ``gs://…``, ``file://…``: fetched through
+:mod:`dad_ray.data.storage` into this machine's weights cache, once per file version, by whichever process loads it —
+an evaluation actor, a training worker) or a transformers model directory.
+
+A saved student also records how it is evaluated (:class:`EvalSettings`: input size, protocol, alignment) in its
+safetensors metadata, beside its architecture; :func:`read_eval_settings` reads it back (from the file's header
+only, also on a URI) so that ``jobs/evaluate.py`` and ``jobs/predict.py`` default to it.
+
+Key maps, applied in this order and reported in :class:`LoadReport`:
 
 - ``module.`` (DDP) prefix on every key → stripped;
 - transformers' ``DepthAnythingForDepthEstimation`` layout (``backbone.embeddings.*``, ``neck.*``, ``head.*``:
@@ -25,18 +32,23 @@ import logging
 import os
 import pickle
 import re
+import struct
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pyarrow.fs as pafs
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dad_ray.data import storage
 from dad_ray.models.hf_layout import check_transformers_config, from_transformers, is_transformers_layout
-from dad_ray.models.hub import resolve_path
+from dad_ray.models.hub import is_hub_path, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +96,42 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def is_storage_uri(path: str | Path) -> bool:
+    """A weights path read through :mod:`dad_ray.data.storage` (``s3://``, ``gs://``, ``file://``…), not ``hf://``."""
+    return isinstance(path, str) and storage.is_uri(path) and not is_hub_path(path)
+
+
+def weights_cache_dir() -> Path:
+    """Where weights given as storage URIs are fetched to on this machine: ``<tmp>/dad_ray_weights``."""
+    return Path(tempfile.gettempdir()) / "dad_ray_weights"
+
+
+def fetch_weights(uri: str) -> Path:
+    """The local copy of the weights file at a storage URI, downloaded into :func:`weights_cache_dir` unless this
+    version (URI, size, modification time) is already there; FileNotFoundError naming the URI if there is none."""
+    fs, inner = storage.resolve(uri)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"weights file not found: {uri}")
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"{uri}: not a weights file (a directory; give the .safetensors / .pth inside it)")
+    version = uuid.uuid5(uuid.NAMESPACE_URL, f"{uri}|{info.size}|{info.mtime_ns}").hex
+    dest = weights_cache_dir() / f"{version}-{storage.basename(uri)}"
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not storage.download_file(uri, dest):
+            raise FileNotFoundError(f"weights file not found: {uri}")
+        logger.info("fetched %s (%d bytes) to %s", uri, info.size, dest)
+    return dest
+
+
 def resolve_weights_file(path: str | Path) -> Path:
-    """The local file behind a weights path: the file itself, an ``hf://org/repo/file`` path's copy in the Hugging
-    Face cache (:mod:`dad_ray.models.hub`; not cached → ``HubFileNotCachedError``), or a transformers directory's
+    """The local file behind a weights path: the file itself, a storage URI's copy in :func:`weights_cache_dir`
+    (:func:`fetch_weights`), an ``hf://org/repo/file`` path's copy in the Hugging Face cache
+    (:mod:`dad_ray.models.hub`; not cached → ``HubFileNotCachedError``), or a transformers directory's
     ``model.safetensors``."""
+    if is_storage_uri(path):
+        return fetch_weights(str(path))
     resolved = resolve_path(path)
     if resolved.is_dir():
         if not (resolved / HF_WEIGHTS_FILE).is_file():
@@ -257,10 +301,36 @@ def _check_transformers_config(path: str | Path, model: nn.Module) -> None:
         raise WeightsError(str(err)) from err
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a checkpoint is evaluated, as recorded in its metadata (None = not recorded): the network's input size
+    (short side), the protocol (a name of :data:`dad_ray.metrics.PROTOCOLS`) and the alignment space."""
+
+    input_size: int | None = None
+    protocol: str | None = None
+    alignment: str | None = None
+
+    @classmethod
+    def from_config(cls, eval_cfg: Any) -> EvalSettings:
+        """The ``eval`` section of an experiment config (:class:`~dad_ray.config.schema.EvalConfig`)."""
+        return cls(eval_cfg.input_size, eval_cfg.protocol, eval_cfg.alignment)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {f"eval_{k}": str(v) for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str], path: str | Path) -> EvalSettings:
+        size = metadata.get("eval_input_size")
+        if size is not None and not size.isdigit():
+            raise WeightsError(f"{path}: metadata eval_input_size must be an integer, got {size!r}")
+        return cls(int(size) if size else None, metadata.get("eval_protocol"), metadata.get("eval_alignment"))
+
+
+def save_weights(model: nn.Module, path: str | Path, evaluation: EvalSettings | None = None) -> Path:
     """Write ``model``'s state dict as safetensors in the official key layout (atomic; DDP/compile unwrapped).
 
-    Metadata: ``{"format": "pt", "arch": <registry name>}``. The file loads unchanged into the official
+    Metadata: ``{"format": "pt", "arch": <registry name>}`` plus, with ``evaluation``, ``eval_input_size``,
+    ``eval_protocol`` and ``eval_alignment`` (:class:`EvalSettings`). The file loads unchanged into the official
     ``DepthAnythingV2`` class (``load_state_dict(safetensors.torch.load_file(path))``) and back via
     :func:`load_weights`.
     """
@@ -269,6 +339,7 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "arch": str(getattr(model, "model_name", type(model).__name__))}
+    metadata.update(evaluation.to_metadata() if evaluation is not None else {})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -281,14 +352,53 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def _file_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """Key → shape (and safetensors metadata) without loading tensors where the format allows it."""
-    if path.suffix == ".safetensors":
+SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the format's own limit
+
+
+def safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a ``.safetensors`` file (tensor names → dtype, shape, offsets; ``__metadata__``), read
+    without the tensors: 8 + header bytes, also from a storage URI (a ranged read, no download)."""
+    if is_storage_uri(path):
+        fs, inner = storage.resolve(str(path))
+        if fs.get_file_info(inner).type != pafs.FileType.File:
+            raise FileNotFoundError(f"weights file not found: {path}")
+        opener = fs.open_input_file(inner)
+    else:
+        opener = open(resolve_weights_file(path), "rb")  # noqa: SIM115 (closed by the with below)
+    with opener as f:
+        raw = f.read(8)
+        (size,) = struct.unpack("<Q", raw) if len(raw) == 8 else (0,)
+        if not 0 < size <= SAFETENSORS_MAX_HEADER:
+            raise WeightsError(f"{path}: not a readable safetensors file (header size {size})")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
-        except SafetensorError as err:
-            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+            header = json.loads(f.read(size))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise WeightsError(f"{path}: not a readable safetensors file (header is not JSON: {err})") from err
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: not a readable safetensors file (header is not a JSON object)")
+    return header
+
+
+def _weights_suffix(path: str | Path) -> str:
+    name = storage.basename(path) if is_storage_uri(path) else resolve_weights_file(path).name
+    return Path(name).suffix
+
+
+def read_eval_settings(path: str | Path) -> EvalSettings:
+    """How the checkpoint at ``path`` (local, ``hf://`` or a storage URI) records it is evaluated; empty
+    :class:`EvalSettings` for files that record nothing (official ``.pth`` files, older saves)."""
+    if _weights_suffix(path) != ".safetensors":
+        return EvalSettings()
+    return EvalSettings.from_metadata(safetensors_header(path).get("__metadata__") or {}, path)
+
+
+def _file_shapes(path: str | Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Key → shape (and safetensors metadata) without loading tensors where the format allows it (safetensors:
+    the header only, also on a storage URI)."""
+    if _weights_suffix(path) == ".safetensors":
+        header = safetensors_header(path)
+        metadata = header.pop("__metadata__", None) or {}
+        return {k: list(v["shape"]) for k, v in header.items()}, dict(metadata)
     return {k: list(v.shape) for k, v in read_state_dict(path).items()}, {}
 
 
@@ -298,7 +408,6 @@ def infer_model_name(path: str | Path) -> str:
     from dad_ray.models.registry import PREFIX, list_models
     from dad_ray.models.spec import ENCODERS
 
-    path = resolve_weights_file(path)
     shapes, metadata = _file_shapes(path)
     if metadata.get("arch") in list_models() or metadata.get("arch", "").startswith(TIMM_STUDENT_PREFIX):
         return metadata["arch"]

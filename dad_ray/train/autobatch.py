@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 
 from dad_ray.config import ExperimentConfig
+from dad_ray.train.step import forward_backward, synthetic_batch
+from dad_ray.train.task import TeacherPool
 
 logger = logging.getLogger(__name__)
 
@@ -41,38 +43,68 @@ def split_effective_batch(target: int, micro_max: int) -> tuple[int, int]:
     raise ValueError(f"no micro-batch <= {micro_max} divides {target}")
 
 
-def _probe_fits(cfg: ExperimentConfig, task: torch.nn.Module, device: torch.device) -> Callable[[int], bool]:
-    c = cfg.data.crop_size
-    gh, gw = cfg.data.global_size
+def probe_fits(
+    cfg: ExperimentConfig,
+    task: torch.nn.Module,
+    device: torch.device,
+    teachers: TeacherPool | None,
+    optimizer: torch.optim.Optimizer,
+) -> Callable[[int], bool]:
+    """``fits(b)``: whether the real step — :func:`~dad_ray.train.step.forward_backward` (every teacher in turn,
+    the student, the losses, backward) on a synthetic batch of ``b`` at the config's shapes — runs without a CUDA
+    out-of-memory error, with AdamW's two moment buffers allocated beside it when the optimizer has no state yet.
+
+    The probe leaves no trace: gradients are dropped, buffers (e.g. BatchNorm statistics) restored, the RNGs forked,
+    the teacher draw untouched (it iterates over the teachers instead of drawing).
+    """
+    use_feat = bool(getattr(task, "use_feat", False))  # the StudentTask knows whether L_feat is on
+    indices = range(len(teachers.models)) if teachers is not None else [0]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def fits(b: int) -> bool:
+        buffers = {name: buf.detach().clone() for name, buf in task.named_buffers()}
+        moments = [] if optimizer.state else [torch.empty_like(p) for p in params for _ in range(2)]
+        ok = True
         try:
-            crop = torch.randn(b, 3, c, c, device=device)
-            glob = torch.randn(b, 3, gh, gw, device=device) if cfg.loss.lambda_lg > 0 else None
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                out = task(crop, glob)
-                loss = sum(v.float().mean() for v in out.values())
-            loss.backward()
-            ok = True
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                batch = synthetic_batch(cfg, b, device)
+                for index in indices:
+                    forward_backward(task, teachers, batch, cfg, use_feat=use_feat, teacher_index=index)
+                    task.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError:
             ok = False
-        task.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        finally:
+            del moments
+            task.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for name, buf in task.named_buffers():
+                    buf.copy_(buffers[name])
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         return ok
 
     return fits
 
 
-def resolve_batch_size(cfg: ExperimentConfig, task: torch.nn.Module, device: torch.device) -> tuple[int, int]:
-    """(micro_batch, grad_accum) for this worker: the configured values, or the probed ones for ``auto``.
+def resolve_batch_size(
+    cfg: ExperimentConfig,
+    task: torch.nn.Module,
+    device: torch.device,
+    teachers: TeacherPool | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[int, int]:
+    """(micro_batch, grad_accum) for this worker: the configured values, or the probed ones for ``auto``
+    (:func:`probe_fits`: the real step, before DDP wraps the task).
 
-    The probe leaves ~15 % headroom for the teacher activations and the allocator's fragmentation."""
+    The result keeps ~15 % headroom for DDP's gradient buckets and the allocator's fragmentation."""
     if cfg.data.batch_size != "auto":
         return int(cfg.data.batch_size), cfg.optim.grad_accum
     if device.type != "cuda":
         raise ValueError("data.batch_size=auto needs a GPU worker (train.use_gpu=true)")
+    if optimizer is None:
+        raise ValueError("data.batch_size=auto probes with the real step: pass the optimizer (and the teachers)")
     target = AUTO_TARGET_BATCH * cfg.optim.grad_accum
-    largest = largest_fitting(_probe_fits(cfg, task, device), limit=target)
+    largest = largest_fitting(probe_fits(cfg, task, device, teachers, optimizer), limit=target)
     if largest == 0:
         raise RuntimeError(f"not even a batch of 1 at crop {cfg.data.crop_size} fits in GPU memory")
     micro, accum = split_effective_batch(target, max(1, int(largest * 0.85)))

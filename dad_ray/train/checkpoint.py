@@ -2,10 +2,13 @@
 
 Layout of one checkpoint directory (Ray merges the files every rank writes into one directory):
 
-    student.safetensors     the student in the official DAv2 key layout (loads into the official class)
+    student.safetensors     the student in the official DAv2 key layout (loads into the official class); its
+                            metadata records the architecture and how it is evaluated (eval input size, ...)
     trainer_state.pt        optimizer, scheduler, step, epoch, feature projections, teacher draw state
     config.yaml             the resolved experiment config
     rng_rank{R}.pt          each rank's torch / CUDA / NumPy / Python RNG states
+    data_position.json      {"step", "epoch", "epoch_batches"}: where in the data the run stands (also in
+                            trainer_state.pt), read before the workers start to build the resumed epoch's dataset
 
 ``trainer_state.pt`` and ``rng_rank*.pt`` hold only tensors and plain Python containers, so they load with
 ``torch.load(weights_only=True)``. A worker names what it checkpoints once, as :class:`Checkpointed`, and saves and
@@ -14,7 +17,9 @@ restores that same unit.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +29,25 @@ import numpy as np
 import torch
 
 from dad_ray.config import ExperimentConfig, save_config
+from dad_ray.data import storage
 from dad_ray.models import load_weights, save_weights
+from dad_ray.models.weights import EvalSettings
 
 STUDENT_FILE = "student.safetensors"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
+DATA_POSITION_FILE = "data_position.json"
 
 
 @dataclass
 class TrainState:
-    """Counters that travel with a checkpoint. ``step`` = optimizer steps completed."""
+    """Counters that travel with a checkpoint. ``step`` = optimizer steps completed; ``epoch`` = passes over the
+    data completed; ``epoch_batches`` = micro-batches each worker has taken from the current epoch (the data
+    position: a resumed run skips them, so it sees what the uninterrupted run saw)."""
 
     step: int = 0
     epoch: int = 0
+    epoch_batches: int = 0
     val_round: int = 0
     best_abs_rel: float = float("inf")
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +91,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
     if rank == 0:
-        save_weights(student, directory / STUDENT_FILE)
+        save_weights(student, directory / STUDENT_FILE, EvalSettings.from_config(cfg.eval))  # how to evaluate it
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -88,6 +99,7 @@ def save_checkpoint(
                 "modules": {k: m.state_dict() for k, m in extra_modules.items()},
                 "step": state.step,
                 "epoch": state.epoch,
+                "epoch_batches": state.epoch_batches,
                 "val_round": state.val_round,
                 "best_abs_rel": state.best_abs_rel,
                 "extra": extra_state or {},
@@ -95,6 +107,8 @@ def save_checkpoint(
             directory / STATE_FILE,
         )
         save_config(cfg, directory / CONFIG_FILE)
+        position = {"step": state.step, "epoch": state.epoch, "epoch_batches": state.epoch_batches}
+        (directory / DATA_POSITION_FILE).write_text(json.dumps(position))
     return directory
 
 
@@ -122,9 +136,39 @@ def load_checkpoint(
     if rng_file.is_file():  # a run resumed with more workers than it was saved with has no state for the new ranks
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
     state = TrainState(
-        step=blob["step"], epoch=blob["epoch"], val_round=blob["val_round"], best_abs_rel=blob["best_abs_rel"]
+        step=blob["step"],
+        epoch=blob["epoch"],
+        # checkpoints written before the data position was recorded resume at their epoch's start, as they did
+        epoch_batches=blob.get("epoch_batches", 0),
+        val_round=blob["val_round"],
+        best_abs_rel=blob["best_abs_rel"],
     )
     return state, blob["extra"]
+
+
+def latest_data_position(checkpoints: str) -> dict[str, int] | None:
+    """``{"step", "epoch", "epoch_batches"}`` of the newest checkpoint (``checkpoint_step<7 digits>``) in Ray
+    Train's run directory ``checkpoints`` (local or URI) — the one Ray Train resumes from, as the worker blocks
+    until each checkpoint is committed; None without one."""
+    names = sorted((n for n in storage.children(checkpoints) if re.fullmatch(r"checkpoint_step\d+", n)), reverse=True)
+    for name in names:
+        path = storage.join(checkpoints, name, DATA_POSITION_FILE)
+        if storage.is_file(path):
+            return json.loads(storage.read_path(path))
+    return None
+
+
+def check_data_position(state: TrainState, checkpoints: str) -> None:
+    """A resumed worker's check that the dataset was built for its checkpoint's epoch (Ray Train built it from
+    :func:`latest_data_position` just before): a mismatch would replay another epoch's data, so it is an error."""
+    position = latest_data_position(checkpoints)
+    built_for = position["epoch"] if position else 0
+    if built_for != state.epoch:
+        raise RuntimeError(
+            f"{checkpoints}: resumed from a checkpoint at step {state.step} (epoch {state.epoch}), but the training "
+            f"data was built for epoch {built_for} (the newest checkpoint there, {position}); the run cannot "
+            "continue on the data the uninterrupted run would have seen"
+        )
 
 
 class Stateful(Protocol):

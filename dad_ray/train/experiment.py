@@ -28,11 +28,14 @@ from typing import Any
 import yaml
 
 from dad_ray.config import ConfigError, ExperimentConfig, from_dict, is_uri, save_config, to_dict, with_absolute_paths
-from dad_ray.data import ensure_synthetic, storage
+from dad_ray.config.schema import DataConfig
+from dad_ray.data import storage
+from dad_ray.data.prepare import ensure_synthetic_splits
 from dad_ray.metrics import METRIC_KEYS
 from dad_ray.models import is_model, save_weights
 from dad_ray.models.hub import weights_available
 from dad_ray.models.registry import unknown_model_message
+from dad_ray.models.weights import EvalSettings
 from dad_ray.runtime import init_ray
 from dad_ray.train.monitor import JOURNAL_FILE
 from dad_ray.train.task import build_student
@@ -96,13 +99,92 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
                 + (f"file not found: {weights}" if weights else "no teacher weights given")
                 + " (download the official checkpoint, or set bootstrap.enabled=true to train a small teacher)"
             )
-    if cfg.data.synthetic.train_samples == 0 and not is_uri(cfg.data.root):
-        for split in (cfg.data.train_split, cfg.data.val_split):
-            if not (Path(cfg.data.root) / split / "manifest.json").is_file():
-                raise ConfigError(
-                    f"data.root: no shards for split '{split}' under {cfg.data.root} (make them with "
-                    f"jobs/prepare_data.py, or set data.synthetic.train_samples to generate synthetic scenes)"
+    validate_data(cfg)
+
+
+def synthetic_plan(data: DataConfig) -> list[tuple[str, int, bool]]:
+    """The ``(split, scenes, with depth)`` that ``data.synthetic`` generates under ``data.root`` (empty when
+    ``train_samples`` is 0): the labeled training scenes (in ``bootstrap_split`` when set, and in ``train_split``
+    unless it holds the ``unlabeled_samples`` depth-less scenes), the validation split and the test split."""
+    syn = data.synthetic
+    if syn.train_samples == 0:
+        return []
+    if syn.unlabeled_samples and data.bootstrap_split in ("", data.train_split):
+        raise ConfigError(
+            "data.bootstrap_split: data.synthetic.unlabeled_samples makes data.train_split unlabeled: name another "
+            "(labeled) split for the teacher's scenes"
+        )
+    plan = {data.train_split: (syn.unlabeled_samples, False) if syn.unlabeled_samples else (syn.train_samples, True)}
+    if data.bootstrap_split:
+        plan[data.bootstrap_split] = (syn.train_samples, True)
+    if (data.val_root or data.root) == data.root:
+        plan.setdefault(data.val_split, (syn.val_samples, True))
+    if (data.test_root or data.root) == data.root:
+        plan.setdefault(data.test_split, (syn.test_samples or syn.val_samples, True))
+    return [(split, count, depth) for split, (count, depth) in plan.items()]
+
+
+def _data_sets(cfg: ExperimentConfig) -> list[tuple[str, str, str, str]]:
+    """Every shard set the run reads: (config key, root, split, why it needs depth or "")."""
+    data = cfg.data
+    supervised = "supervised training (loss.mode=supervised) needs depth; distil on it (loss.mode=distill)"
+    sets = [
+        (f"data.train_sources[{i}]" if data.train_sources else "data.root/data.train_split", s.root, s.split,
+         supervised if cfg.loss.mode == "supervised" else "")
+        for i, s in enumerate(data.training_sources)
+    ]  # fmt: skip
+    if cfg.loss.mode == "distill" and cfg.bootstrap.enabled and _needs_bootstrap(cfg):
+        boot = "bootstrap trains the missing teacher on ground truth"
+        if data.bootstrap_split:
+            sets.append(("data.bootstrap_split", data.root, data.bootstrap_split, boot))
+        else:
+            sets += [(key, root, split, boot) for key, root, split, _ in sets]
+    sets.append(("data.val_root/data.val_split", *data.val_location, "validation computes depth metrics"))
+    sets.append(("data.test_root/data.test_split", *data.test_location, "the final evaluation computes depth metrics"))
+    return sets
+
+
+def validate_data(cfg: ExperimentConfig) -> None:
+    """Before Ray starts: every shard set the run reads exists (or ``data.synthetic`` will generate it) and carries
+    depth where the run needs it (supervised training, bootstrap, validation, evaluation) — a depth-less source is
+    refused naming its key, root and split; validation on the test set warns, or fails under
+    ``data.holdout: error``. Reads manifests only (local or URI)."""
+    from dad_ray.data.manifest import has_depth, read_manifest
+
+    generated = {split: depth for split, _count, depth in synthetic_plan(cfg.data)}
+    for key, root, split, needs in _data_sets(cfg):
+        manifest = read_manifest(storage.join(root, split), required=False)
+        if manifest is not None:
+            depth = has_depth(manifest)
+        elif root == cfg.data.root and split in generated:
+            depth = generated[split]
+        else:
+            raise ConfigError(
+                f"{key}: no shards for split '{split}' under {root} (make them with jobs/prepare_data.py"
+                + (
+                    ", or set data.synthetic.train_samples to generate synthetic scenes)"
+                    if root == cfg.data.root
+                    else ")"
                 )
+            )
+        if needs and not depth:
+            raise ConfigError(f"{key}: {storage.join(root, split)} holds depth-less (unlabeled) shards, but {needs}")
+    _check_holdout(cfg.data)
+
+
+def _check_holdout(data: DataConfig) -> None:
+    """Validation (model selection, Tune's metric) must not be the set the final numbers are reported on."""
+    if data.val_location != data.test_location:
+        return
+    root, split = data.val_location
+    message = (
+        f"data.val_split: validation (best-K checkpoints, Tune's metric) uses {storage.join(root, split)}, the set the "
+        "final evaluation reports on (data.test_root/data.test_split): model selection would see the test numbers. "
+        "Point data.val_root/data.val_split at a labeled held-out set"
+    )
+    if data.holdout == "error":
+        raise ConfigError(message + " (data.holdout: error)")
+    logger.warning("%s (data.holdout: warn)", message)
 
 
 def validate_timm_student(cfg: ExperimentConfig) -> None:
@@ -142,12 +224,15 @@ def bootstrap_teachers(cfg: ExperimentConfig) -> None:
         dest = Path(teacher.weights)
         boot = cfg.bootstrap
         steps = boot.max_steps
+        data = replace(cfg.data, batch_size=boot.batch_size)
+        if cfg.data.bootstrap_split:  # labeled scenes of their own (the student distils on unlabeled ones)
+            data = replace(data, train_split=cfg.data.bootstrap_split, train_sources=())
         boot_cfg = replace(
             cfg,
             model=replace(cfg.model, student=teacher.name, student_weights="", student_init="none"),
             loss=replace(cfg.loss, mode="supervised"),
             optim=replace(cfg.optim, lr=boot.lr, max_steps=steps, warmup_steps=min(cfg.optim.warmup_steps, steps - 1)),
-            data=replace(cfg.data, batch_size=boot.batch_size),
+            data=data,
             train=replace(
                 cfg.train,
                 name=f"bootstrap_{dest.stem}",
@@ -268,8 +353,10 @@ def prepare_experiment(cfg: ExperimentConfig, *, fresh: bool = False) -> Experim
     else:
         check_run_config(cfg)
     init_ray()
-    if cfg.data.synthetic.train_samples > 0:
-        ensure_synthetic(cfg.data.root, cfg.data.synthetic, splits=(cfg.data.train_split, cfg.data.val_split))
+    plan = synthetic_plan(cfg.data)
+    if plan:
+        ensure_synthetic_splits(cfg.data.root, cfg.data.synthetic, plan)
+        validate_data(cfg)  # the generated (or found) splits carry depth where needed
     if cfg.loss.mode == "distill" and _needs_bootstrap(cfg):
         bootstrap_teachers(cfg)
     return cfg
@@ -314,18 +401,20 @@ class RunFiles:
 
 
 def _evaluate(cfg: ExperimentConfig, models: dict[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
-    """{label: (model name, weights)} → {label: metrics}, all models in one pass over the validation split."""
+    """{label: (model name, weights)} → {label: metrics}, all models in one pass over the test set
+    (``data.test_root``/``data.test_split``)."""
     from dad_ray.inference import evaluate_checkpoints
 
+    root, split = cfg.data.test_location
     return evaluate_checkpoints(
         models,
-        data=cfg.data.root,
-        split=cfg.data.val_split,
+        data=root,
+        split=split,
         protocol=cfg.eval.protocol,
         alignment=cfg.eval.alignment,
         input_size=cfg.eval.input_size,
         batch_size=cfg.eval.batch_size,
-        max_samples=cfg.data.max_val_samples,
+        max_samples=0,  # the whole test set (data.max_val_samples caps validation only)
         use_gpu=cfg.train.use_gpu,
     )
 
@@ -357,7 +446,7 @@ def run_experiment(cfg: ExperimentConfig, *, fresh: bool = False) -> dict[str, A
     files.publish(CONFIG_FILE)
     if not files.fetch(UNTRAINED_FILE):
         seed_everything(cfg.train.seed * 1000)  # the same initial student rank 0 builds
-        save_weights(build_student(cfg.model), files.local(UNTRAINED_FILE))
+        save_weights(build_student(cfg.model), files.local(UNTRAINED_FILE), EvalSettings.from_config(cfg.eval))
     untrained_path = files.publish(UNTRAINED_FILE)
     result = fit(cfg)
     copy_student(result, files.local(FINAL_STUDENT_FILE))
@@ -367,7 +456,7 @@ def run_experiment(cfg: ExperimentConfig, *, fresh: bool = False) -> dict[str, A
     metrics["_info"] = {
         "protocol": cfg.eval.protocol,
         "alignment": cfg.eval.alignment,
-        "split": f"{cfg.data.root}/{cfg.data.val_split}",
+        "split": storage.join(*cfg.data.test_location),
         "steps": result.metrics.get("step") if result.metrics else None,
         "best_val_abs_rel": result.metrics.get("best_val_abs_rel") if result.metrics else None,
     }

@@ -29,16 +29,20 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def scale_stats(disparity: torch.Tensor, prefix: str) -> dict[str, float]:
-    """Median and mean absolute deviation of a batch of predictions (B, H, W) — watches scale drift."""
+def scale_stats(disparity: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    """Median and mean absolute deviation of a batch of predictions (B, H, W), averaged over the batch — watches
+    scale drift. 0-d device tensors: nothing is read back to the host here (see :meth:`Monitor.add`)."""
     flat = disparity.detach().float().flatten(1)
     median = flat.median(dim=1).values
     mad = (flat - median[:, None]).abs().mean(dim=1)
-    return {f"{prefix}/median": median.mean().item(), f"{prefix}/mad": mad.mean().item()}
+    return {f"{prefix}/median": median.mean(), f"{prefix}/mad": mad.mean()}
 
 
 class Monitor:
     """Averages scalars over the logging window, prints a progress line, writes TensorBoard on rank 0.
+
+    Scalars may be Python numbers or 0-d tensors on the training device: tensors are summed on the device (float64)
+    and read back together, in one transfer, at :meth:`flush` — the only host synchronisation of a logging window.
 
     ``tb_dir`` may be a URI (``s3://…/tensorboard``): events are then written to a local directory and uploaded
     at every validation (:meth:`sync`) and at :meth:`close`.
@@ -57,7 +61,7 @@ class Monitor:
             Path(tb_dir).mkdir(parents=True, exist_ok=True)
             # purge_step drops events a crashed attempt wrote after the checkpoint we resumed from
             self.writer = SummaryWriter(tb_dir, purge_step=start_step if start_step > 0 else None)
-        self._sums: dict[str, float] = defaultdict(float)
+        self._sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
         self._window_start = time.perf_counter()
         self._window_images = 0
@@ -65,10 +69,21 @@ class Monitor:
         self._start_time = time.perf_counter()
         self._start_step = start_step
 
-    def add(self, scalars: dict[str, float]) -> None:
+    def add(self, scalars: dict[str, float | torch.Tensor]) -> None:
         for key, value in scalars.items():
-            self._sums[key] += float(value)
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to(torch.float64)  # stays on its device: no sync
+            else:
+                value = float(value)
+            self._sums[key] = self._sums[key] + value
             self._counts[key] += 1
+
+    def _means(self) -> dict[str, float]:
+        """The window's means, with every device sum read in one transfer."""
+        keys = sorted(self._sums)
+        tensors = [k for k in keys if isinstance(self._sums[k], torch.Tensor)]
+        read = dict(zip(tensors, torch.stack([self._sums[k] for k in tensors]).tolist())) if tensors else {}
+        return {k: read.get(k, self._sums[k]) / self._counts[k] for k in keys}
 
     def step_done(self, images: int, data_wait_s: float) -> None:
         self._window_images += images
@@ -77,7 +92,7 @@ class Monitor:
     def flush(self, step: int, lrs: dict[str, float], world_size: int) -> dict[str, float]:
         """Log the window's means at ``step``; returns them (with images/s and data-wait share)."""
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        scalars = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        scalars = self._means()
         scalars["perf/images_per_s"] = self._window_images * world_size / elapsed
         scalars["perf/data_wait_share"] = min(1.0, self._window_wait / elapsed)
         for name, lr in lrs.items():
@@ -146,14 +161,21 @@ class Monitor:
 
 
 class Journal:
-    """``<run>/progress.jsonl`` (rank 0): one JSON line per optimizer step — step, epoch, loss, wall time — and one
+    """``<run>/progress.jsonl`` (rank 0): one JSON line per optimizer step — step, epoch, loss (the step's last
+    micro-batch on rank 0), ``teachers`` (distillation: the index of the step's teacher on every rank, in rank
+    order), wall time when the step was issued — and one
     ``{"attempt_start": step, "node_ids": [...]}`` line each time a worker group starts (fresh or resumed), with the
     Ray node of every rank, and a ``{"checkpoint": step}`` line once a checkpoint is committed. A run's history of
     restarts and placements can be read back from it, and tests use it to prove a resumed run neither repeats nor
     skips a step.
 
     ``path`` may be a URI: the journal is then appended to a local copy of the existing one and uploaded at every
-    :meth:`sync` (each validation) and at :meth:`close`."""
+    :meth:`sync` (each validation) and at :meth:`close`.
+
+    Step lines are buffered with their loss as a device tensor and written by :meth:`flush` (every
+    ``train.log_every`` steps, before a checkpoint line, at the end), which reads all pending losses in one
+    transfer: a GPU step never waits for the host. A crash loses at most the lines since the last flush, steps that
+    the restart from the last checkpoint redoes anyway."""
 
     def __init__(self, path: str | Path | None, attempt_start: int, node_ids: list[str] | None = None) -> None:
         self._file = None
@@ -169,13 +191,36 @@ class Journal:
             self._file = open(path, "a", buffering=1)  # noqa: SIM115 - line-buffered for the whole run
             start = {"attempt_start": attempt_start, "node_ids": node_ids or [], "time": time.time()}
             self._file.write(json.dumps(start) + "\n")
+        self._pending: list[tuple[int, int, float | torch.Tensor, int | None, float]] = []
 
-    def write(self, step: int, epoch: int, loss: float) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "time": time.time()}) + "\n")
+    def write(self, step: int, epoch: int, loss: float | torch.Tensor, teacher: int | None = None) -> None:
+        """Buffer the line of optimizer step ``step`` (every rank: the teacher indices are gathered at flush)."""
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        self._pending.append((step, epoch, loss, teacher, time.time()))
+
+    def pending_teachers(self) -> list[int | None]:
+        """This rank's teacher index of every buffered step (what :meth:`flush` gathers across ranks)."""
+        return [p[3] for p in self._pending]
+
+    def flush(self, rank_teachers: list[list[int | None]] | None = None) -> None:
+        """Write the buffered step lines; ``rank_teachers[r][i]``: rank r's teacher of the i-th buffered step
+        (default: this rank's own)."""
+        pending, self._pending = self._pending, []
+        if self._file is None or not pending:
+            return
+        rank_teachers = rank_teachers or [[p[3] for p in pending]]
+        tensors = [p[2] for p in pending if isinstance(p[2], torch.Tensor)]
+        read = iter(torch.stack(tensors).tolist()) if tensors else iter(())
+        for i, (step, epoch, loss, teacher, issued) in enumerate(pending):
+            line = {"step": step, "epoch": epoch, "loss": next(read) if isinstance(loss, torch.Tensor) else loss}
+            if teacher is not None:
+                line["teachers"] = [per_rank[i] for per_rank in rank_teachers]
+            line["time"] = issued
+            self._file.write(json.dumps(line) + "\n")
 
     def checkpoint(self, step: int) -> None:
-        """Record that the checkpoint of ``step`` is committed: a restart from now on resumes at ``step``."""
+        """Record that the checkpoint of ``step`` is committed: a restart from now on resumes at ``step``. Call
+        :meth:`flush` first (the step lines come before their checkpoint line)."""
         if self._file is not None:
             self._file.write(json.dumps({"checkpoint": step, "time": time.time()}) + "\n")
 
@@ -185,6 +230,8 @@ class Journal:
             upload_file(self._path, self._remote)
 
     def close(self) -> None:
+        """Write what is still buffered (this rank's teachers only: gather first for a multi-rank journal)."""
+        self.flush()
         if self._file is not None:
             self.sync()
             self._file.close()

@@ -32,14 +32,15 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
 
 def param_groups(named_params, cfg: OptimConfig) -> list[dict]:
     """AdamW groups selected by parameter name: encoder (``pretrained.*``) at ``lr * encoder_lr_mult``, the rest at
-    ``lr``; biases and norm/scale parameters (ndim <= 1) and position/class tokens get no weight decay."""
+    ``lr``; every parameter decays by ``weight_decay`` (the paper's and DAv2's AdamW), unless ``decay_exclude``: then
+    biases and norm/scale parameters (ndim <= 1) and position/class/mask tokens get none (groups ``*/no_decay``)."""
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, p in named_params:
         if not p.requires_grad:
             continue
         bare = name.removeprefix("module.")
         part = "encoder" if bare.startswith(ENCODER_PREFIX) or f".{ENCODER_PREFIX}" in bare else "decoder"
-        no_decay = p.ndim <= 1 or bare.endswith(("pos_embed", "cls_token", "mask_token"))
+        no_decay = cfg.decay_exclude and (p.ndim <= 1 or bare.endswith(("pos_embed", "cls_token", "mask_token")))
         groups.setdefault((part, no_decay), []).append(p)
     out = []
     for (part, no_decay), params in sorted(groups.items()):
@@ -59,10 +60,20 @@ def param_groups(named_params, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(
     module: torch.nn.Module, cfg: OptimConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over :func:`param_groups` and a LambdaLR that applies :func:`lr_factor` to every group."""
-    optimizer = torch.optim.AdamW(param_groups(module.named_parameters(), cfg), betas=cfg.betas)
+    """AdamW over :func:`param_groups` and a LambdaLR that applies :func:`lr_factor` to every group. The fused
+    AdamW kernel (one launch for every parameter) when the parameters are on CUDA (:func:`use_fused`); PyTorch's
+    default implementation elsewhere, so CPU runs keep their numbers."""
+    groups = param_groups(module.named_parameters(), cfg)
+    fused = use_fused([p for g in groups for p in g["params"]])
+    optimizer = torch.optim.AdamW(groups, betas=cfg.betas, **({"fused": True} if fused else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
     return optimizer, scheduler
+
+
+def use_fused(params: list[torch.Tensor]) -> bool:
+    """Whether AdamW should use its fused kernel: every parameter on a CUDA device (build the optimizer after the
+    module moved to its device)."""
+    return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -7,6 +7,8 @@ and, when the local-global loss is on, on the global view — so DDP sees a sing
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -22,21 +24,42 @@ logger = logging.getLogger(__name__)
 
 
 class StudentTask(nn.Module):
-    """Student plus one linear projection per distinct teacher feature width that differs from the student's.
+    """Student plus what L_feat needs (``loss.feat_target``, see :func:`build_task`).
 
-    The projection maps student patch tokens (B, N, C_s) to the teacher width C_t for L_feat (the paper's students
-    are narrower than their ViT-L teacher, so cosine alignment needs it); it is trained with the decoder lr and is
-    not part of the saved student weights. Students whose token grid differs from the teacher's (timm students:
-    another patch size or a CNN's stride-32 map) are first resampled to the teacher's grid (:func:`token_layout`,
+    Target "teacher": one linear projection per distinct teacher feature width that differs from the student's maps
+    student patch tokens (B, N, C_s) to the teacher width C_t; it is trained with the decoder lr and is not part of
+    the saved student weights. Students whose token grid differs from the teacher's (timm students: another patch
+    size or a CNN's stride-32 map) are first resampled to the teacher's grid (:func:`token_layout`,
     :func:`~dad_ray.losses.resample_tokens`); when the grids match nothing is done.
+
+    Target "initial" (``initial`` given: a copy of the student as initialised): forward also returns
+    ``"feat_target"``, that frozen copy's tokens on the same crop (no grad). The copy is held outside the module tree
+    (not a submodule): not in ``parameters()`` / ``state_dict()``, so neither in the optimizer, DDP's parameters nor
+    the checkpoint; ``.to()`` moves it along (:meth:`_apply`). No projection, no resampling: same model, same grid.
     """
 
-    def __init__(self, student: nn.Module, teacher_dims: Sequence[int] = ()) -> None:
+    def __init__(self, student: nn.Module, teacher_dims: Sequence[int] = (), initial: nn.Module | None = None) -> None:
         super().__init__()
         self.student = student
         self.feat_proj = nn.ModuleDict(
             {str(d): nn.Linear(student.embed_dim, d) for d in sorted(set(teacher_dims)) if d != student.embed_dim}
         )
+        if initial is not None:
+            initial.eval().requires_grad_(False)
+        self._initial = (initial,) if initial is not None else ()  # a tuple: never registered as a submodule
+        self.teacher_dims = tuple(teacher_dims)  # the widths L_feat projects to (empty for the "initial" target)
+        self.use_feat = bool(teacher_dims) or initial is not None
+
+    @property
+    def initial(self) -> nn.Module | None:
+        """The frozen initial student ("initial" feature target) or None."""
+        return self._initial[0] if self._initial else None
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .cuda() / .float() move the hidden frozen copy too
+        super()._apply(fn, recurse)
+        if self._initial:
+            self._initial[0]._apply(fn, recurse)
+        return self
 
     def project(self, features: torch.Tensor, teacher_dim: int) -> torch.Tensor:
         """(B, N, C_s) → (B, N, teacher_dim)."""
@@ -51,20 +74,46 @@ class StudentTask(nn.Module):
         teacher_grid: tuple[int, int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """crop (B, 3, C, C), global_view (B, 3, Gh, Gw) or None → {"crop": (B, C, C), "features": (B, N_t, C_t),
-        "global": (B, Gh, Gw)}; features on ``teacher_grid`` (the student's own grid when None)."""
+        "global": (B, Gh, Gw)}; features (when ``teacher_dim`` is given) on ``teacher_grid`` (the student's own grid
+        when None). With the "initial" target: student tokens as they are, plus "feat_target" (B, N_s, C_s)."""
         out: dict[str, torch.Tensor] = {}
         if teacher_dim is None:
             out["crop"] = self.student(crop)
         else:
             disparity, features = self.student(crop, return_features=True)
             out["crop"] = disparity
-            if teacher_grid is not None:
-                grid, extent = token_layout(self.student, *crop.shape[-2:])
-                features = resample_tokens(features, grid, extent, teacher_grid)  # (B, N_t, C_s)
-            out["features"] = self.project(features, teacher_dim)
+            if self._initial:  # "initial" target: the frozen copy's tokens on the same crop, nothing to map
+                with torch.no_grad():
+                    out["feat_target"] = self._initial[0](crop, return_features=True)[1].float()
+                out["features"] = features
+            else:
+                if teacher_grid is not None:
+                    grid, extent = token_layout(self.student, *crop.shape[-2:])
+                    features = resample_tokens(features, grid, extent, teacher_grid)  # (B, N_t, C_s)
+                out["features"] = self.project(features, teacher_dim)
         if global_view is not None:
             out["global"] = self.student(global_view)
         return out
+
+
+def feat_target(cfg: ExperimentConfig) -> str:
+    """``loss.feat_target`` with "auto" resolved: "initial" when the student starts from pretrained weights
+    (``model.student_init`` full/encoder, or ``model.student_pretrained``), else "teacher" (see LossConfig)."""
+    if cfg.loss.feat_target != "auto":
+        return cfg.loss.feat_target
+    return "initial" if cfg.model.student_init != "none" or cfg.model.student_pretrained else "teacher"
+
+
+def build_task(student: nn.Module, cfg: ExperimentConfig, teacher_dims: Sequence[int]) -> StudentTask:
+    """The run's :class:`StudentTask`. Call it right after :func:`build_student`, before any checkpoint is loaded:
+    the "initial" feature target is a deep copy of ``student`` as it is now, so a resumed run rebuilds the same copy
+    from the same initialisation. ``teacher_dims``: the teachers' feature widths (distillation), empty otherwise.
+    L_feat is off (no features computed) when ``loss.lambda_feat`` is 0 or there is no teacher."""
+    if cfg.loss.mode != "distill" or cfg.loss.lambda_feat <= 0 or not teacher_dims:
+        return StudentTask(student)
+    if feat_target(cfg) == "initial":
+        return StudentTask(student, initial=copy.deepcopy(student))
+    return StudentTask(student, teacher_dims)
 
 
 def token_layout(model: nn.Module, height: int, width: int) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -76,16 +125,33 @@ def token_layout(model: nn.Module, height: int, width: int) -> tuple[tuple[int, 
 
 
 class TeacherPool:
-    """Frozen teachers (eval mode, no grad) and the per-step "select" draw with the configured probabilities."""
+    """Frozen teachers and the multi-teacher "select" draw with the configured probabilities.
 
-    def __init__(self, teachers: Sequence[TeacherConfig], device: torch.device, seed: int) -> None:
+    Teachers live on ``device`` in ``dtype`` — bf16 on a GPU (:func:`dad_ray.train.step.teacher_dtype`): the weights
+    themselves, not only autocast, which halves their memory and their weight reads — in eval mode without grad, and
+    run under ``torch.inference_mode``. :meth:`draw` is called once per optimizer step by the step function
+    (:class:`dad_ray.train.step.TrainStep`); ``seed`` must be the same on every rank (the run's seed, never the rank's)
+    so that every rank draws the same teacher at every step; the generator's state is checkpointed.
+    """
+
+    def __init__(
+        self,
+        teachers: Sequence[TeacherConfig],
+        device: torch.device,
+        seed: int,
+        dtype: torch.dtype = torch.float32,
+        compile_models: bool = False,
+    ) -> None:
         self.configs = tuple(teachers)
+        self.dtype = dtype
         self.models: list[nn.Module] = []
         for t in teachers:
             model = create_model(t.name)
             report = load_weights(model, t.weights)
-            logger.info("teacher %s loaded from %s (%s)", t.name, t.weights, report)
-            model.eval().requires_grad_(False).to(device)
+            logger.info("teacher %s loaded from %s (%s), stored as %s", t.name, t.weights, report, dtype)
+            model.eval().requires_grad_(False).to(device=device, dtype=dtype)
+            if compile_models:
+                model.compile()  # in place: the module (and its state_dict keys) stay as they are
             self.models.append(model)
         self.probs = torch.tensor([t.probability for t in teachers], dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
@@ -95,14 +161,48 @@ class TeacherPool:
         return [m.embed_dim for m in self.models]
 
     def draw(self) -> int:
-        """Index of this step's teacher (always 0 for a single teacher; the draw is still consumed for determinism)."""
+        """Index of this step's teacher (always 0 for a single teacher; the draw is still consumed for determinism).
+        A CPU generator: no device synchronisation."""
         return int(torch.multinomial(self.probs, 1, generator=self.generator).item())
+
+    def predict(
+        self, index: int, crop: torch.Tensor, local: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Teacher ``index`` on the shared-context crop (B, 3, C, C) and the local patches (B, N, 3, P, P) or None →
+        (crop disparity (B, C, C), crop features (B, N_tok, D), local disparities (B, N, P, P) or None), float32.
+
+        One forward pass for crop and patches when their sizes are equal (C == P), else one per size. The outputs
+        are fresh float32 tensors made outside inference mode, so the losses may save them for backward.
+        """
+        model = self.models[index]
+        b = crop.shape[0]
+        with torch.inference_mode(), self._autocast(crop.device):
+            if local is not None and local.shape[-2:] == crop.shape[-2:]:
+                both = torch.cat([crop, local.flatten(0, 1)]).to(self.dtype)  # (B + B*N, 3, C, C)
+                disparity, features = model(both, return_features=True)
+                t_crop, t_feat, t_local = disparity[:b], features[:b], disparity[b:]
+            else:
+                t_crop, t_feat = model(crop.to(self.dtype), return_features=True)
+                t_local = model(local.flatten(0, 1).to(self.dtype)) if local is not None else None
+            if t_local is not None:
+                t_local = t_local.view(*local.shape[:2], *t_local.shape[-2:])  # (B, N, P, P)
+        return _fresh(t_crop), _fresh(t_feat), _fresh(t_local) if t_local is not None else None
+
+    def _autocast(self, device: torch.device):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()  # whatever the caller chose (fp32 on CPU by default)
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A float32 copy that is a normal tensor (an inference tensor cannot be saved for backward)."""
+    return t.to(torch.float32, copy=True)
 
 
 def build_student(cfg: ModelConfig) -> nn.Module:
@@ -126,8 +226,10 @@ def compute_losses(
     cfg: ExperimentConfig,
     *,
     use_feat: bool,
+    teacher_index: int = 0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
-    """One micro-batch's loss parts (call under autocast). ``model`` is the (DDP-wrapped) :class:`StudentTask`.
+    """One micro-batch's loss parts (call under autocast). ``model`` is the (DDP-wrapped) :class:`StudentTask`;
+    ``teacher_index`` is the optimizer step's teacher (drawn once per step by :class:`dad_ray.train.step.TrainStep`).
 
     distill: teacher pseudo-labels (no grad) on the shared-context crop and on the N local patches; the student on
     the crop (+ features) and the global view → L_sc, L_lg, L_feat, L_grad. supervised: the student on the crop vs
@@ -137,14 +239,10 @@ def compute_losses(
         out = model(batch["crop_image"])
         return supervised_losses(out["crop"], batch["crop_depth"], batch["crop_mask"], cfg.loss), out, None
     use_lg = cfg.loss.lambda_lg > 0
-    t_idx = teachers.draw()
+    t_idx = teacher_index
     teacher = teachers.models[t_idx]
-    with torch.no_grad():
-        t_crop, t_feat = teacher(batch["crop_image"], return_features=True)
-        t_local = None
-        if use_lg:
-            local = batch["local_images"]  # (B, N, 3, P, P)
-            t_local = teacher(local.flatten(0, 1)).view(*local.shape[:2], *local.shape[-2:]).float()
+    # float32 (B, C, C), (B, N_tok, D), (B, N, P, P) or None: crop and patches in one pass when their sizes match
+    t_crop, t_feat, t_local = teachers.predict(t_idx, batch["crop_image"], batch["local_images"] if use_lg else None)
     crop_hw = batch["crop_image"].shape[-2:]
     out = model(
         batch["crop_image"],
@@ -161,7 +259,7 @@ def compute_losses(
         boxes=batch["local_boxes"] if use_lg else None,
         mask_local=torch.ones_like(t_local, dtype=torch.bool) if t_local is not None else None,
         feat_student=out.get("features"),
-        feat_teacher=t_feat.float() if use_feat else None,
+        feat_teacher=out.get("feat_target", t_feat.float()) if use_feat else None,
         cfg=cfg.loss,
     )
     return parts, out, t_crop

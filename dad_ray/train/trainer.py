@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from dad_ray.config import ExperimentConfig, absolute_path, to_dict, with_absolute_paths
+from dad_ray.config import DataConfig, ExperimentConfig, absolute_path, to_dict, with_absolute_paths
 from dad_ray.data import eval_dataset, ingest_options, storage, train_dataset
-from dad_ray.train.checkpoint import STUDENT_FILE
+from dad_ray.train.checkpoint import STUDENT_FILE, latest_data_position
 from dad_ray.train.worker import train_loop_per_worker
 
 CHECKPOINT_DIR = "checkpoints"
@@ -27,8 +28,24 @@ CHECKPOINT_DIR = "checkpoints"
 
 def run_dir(cfg: ExperimentConfig) -> str:
     """``<train.output>/<train.name>``, absolute for local paths (Ray needs absolute storage paths); an empty
-    ``train.output`` is the working directory."""
-    return f"{absolute_path(cfg.train.output or '.').rstrip('/')}/{cfg.train.name}"
+    ``train.output`` is the working directory. A URI keeps its query (``?endpoint_override=…``) at the end."""
+    return storage.join(absolute_path(cfg.train.output or "."), cfg.train.name)
+
+
+@dataclass(frozen=True)
+class ResumedTrainData:
+    """The training dataset as Ray Train's dataset factory: called whenever a worker group starts (the first time,
+    after every worker failure, on a resubmitted run), it builds the dataset to start at the epoch of the newest
+    checkpoint in ``checkpoints`` — the one the workers resume from. (Ray Data's own epoch counter starts at 0 for
+    each new worker group; the block order and every row's augmentation derive from it.)"""
+
+    data: DataConfig
+    seed: int
+    checkpoints: str  # Ray Train's run directory (local or URI)
+
+    def __call__(self):
+        position = latest_data_position(self.checkpoints)
+        return train_dataset(self.data, seed=self.seed, first_epoch=position["epoch"] if position else 0)
 
 
 def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path: str | None = None) -> TorchTrainer:
@@ -43,7 +60,8 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
     datasets = {
-        "train": train_dataset(cfg.data, cfg.data.train_split, seed=cfg.train.seed),
+        # data.train_sources, else root + train_split; built again at the resumed epoch after a restart
+        "train": ResumedTrainData(cfg.data, cfg.train.seed, storage.join(ray_storage, CHECKPOINT_DIR)),
         "val": eval_dataset(
             cfg.data, cfg.data.val_split, input_size=cfg.eval.input_size, max_samples=cfg.data.max_val_samples
         ),
@@ -54,6 +72,7 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
             "experiment": to_dict(cfg),
             "run_dir": directory,
             "tensorboard_dir": storage.join(directory, "tensorboard"),
+            "checkpoints_dir": storage.join(ray_storage, CHECKPOINT_DIR),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,

@@ -1,10 +1,12 @@
 """The Ray Train worker: ``train_loop_per_worker(config)`` runs on every worker of the ``TorchTrainer``.
 
-Per optimizer step: ``grad_accum`` micro-batches → (distill) frozen teacher pseudo-labels on the shared-context crop
-and the local patches, student on the crop and the global view → loss parts → backward (DDP syncs on the last
-micro-batch) → clip → AdamW → schedule. Every ``val_every`` steps all ranks validate on their share of the held-out
-split, reduce the metric sums exactly, and call ``ray.train.report`` together (with a checkpoint every
-``checkpoint_every`` steps).
+Per optimizer step (:class:`~dad_ray.train.step.TrainStep`, the one step function that the plain PyTorch loop and
+the benchmarks call too): ``grad_accum`` micro-batches → (distill) the step's teacher's pseudo-labels on the
+shared-context crop and the local patches, student on the crop and the global view → loss parts → backward (DDP
+syncs on the last micro-batch) → clip → AdamW → schedule. Loss parts and statistics stay on the device; the monitor
+and the journal read them every ``train.log_every`` steps. Every ``val_every`` steps all ranks validate on their
+share of the held-out split, reduce the metric sums exactly, and call ``ray.train.report`` together (with a
+checkpoint every ``checkpoint_every`` steps).
 
 :func:`train_loop_per_worker` is the whole loop, top to bottom; :class:`DistillWorker` holds what it acts on and
 one method per phase (build, resume, start, micro-step, optimizer step, log, validate and report). Its checkpointed
@@ -13,30 +15,30 @@ parts are one :class:`~dad_ray.train.checkpoint.Checkpointed`, saved and restore
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray.train
 import ray.train.torch
 import torch
-import torch.nn.functional as F
 
 from dad_ray.config import ExperimentConfig, from_dict
 from dad_ray.data import storage, train_batches
 from dad_ray.logging_utils import setup_logging
 from dad_ray.losses import disparity_target
-from dad_ray.metrics import MetricAccumulator, evaluate_disparity
+from dad_ray.metrics import MetricAccumulator, evaluate_prediction
 from dad_ray.train.autobatch import resolve_batch_size
-from dad_ray.train.checkpoint import Checkpointed, TrainState
+from dad_ray.train.checkpoint import Checkpointed, TrainState, check_data_position
 from dad_ray.train.monitor import JOURNAL_FILE, Journal, Monitor, scale_stats
 from dad_ray.train.schedule import build_optimizer, group_lrs
-from dad_ray.train.task import StudentTask, TeacherPool, build_student, compute_losses
+from dad_ray.train.step import MicroStep, TrainStep, autocast_context, build_teachers, compile_student
+from dad_ray.train.task import build_student, build_task
+
+__all__ = ["DistillWorker", "MicroStep", "autocast_context", "train_loop_per_worker", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +69,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 worker.log_images(micro)
             if step % cfg.train.val_every == 0 or step == cfg.optim.max_steps:
                 worker.validate_and_report(micro)
+            if step == cfg.train.fail_at_step:
+                worker.flush_journal()  # every rank (a collective), before rank 0 exits
             maybe_inject_failure(cfg, worker.run_dir, step, worker.rank)
             if step >= cfg.optim.max_steps:
                 break
         worker.end_epoch(n_batches)
     worker.close()
-
-
-def autocast_context(cfg: ExperimentConfig, device: torch.device):
-    """bf16 autocast on GPU ('auto' or 'bf16'), on CPU only when asked for ('bf16'); else a no-op."""
-    precision = cfg.train.precision
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def torch_threads(cfg: ExperimentConfig) -> int:
@@ -130,14 +126,18 @@ def maybe_inject_failure(cfg: ExperimentConfig, run_dir: str, step: int, rank: i
     os._exit(17)
 
 
-def gather_node_ids() -> list[str]:
-    """The Ray node id of every rank, in rank order (a collective: every rank calls it at the same point)."""
-    node_id = ray.get_runtime_context().get_node_id()
+def all_gather(value: T) -> list[T]:
+    """``value`` of every rank, in rank order (a collective: every rank calls it at the same point)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [node_id]
+        return [value]
     out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, node_id)
+    torch.distributed.all_gather_object(out, value)
     return out
+
+
+def gather_node_ids() -> list[str]:
+    """The Ray node id of every rank, in rank order (a collective)."""
+    return all_gather(ray.get_runtime_context().get_node_id())
 
 
 @torch.no_grad()
@@ -154,27 +154,12 @@ def validate(student: torch.nn.Module, cfg: ExperimentConfig, device: torch.devi
             continue
         with autocast_context(cfg, device):
             pred = student(batch["image"])  # (B, h, w) disparity at the model's input size
-        pred = F.interpolate(
-            pred.float()[:, None], size=batch["depth"].shape[-2:], mode="bilinear", align_corners=False
-        )
-        per_image, valid = evaluate_disparity(pred[:, 0], batch["depth"], cfg.eval.protocol, cfg.eval.alignment)
+        # upsampled to the ground truth by the one evaluation resize, as the final evaluation does
+        per_image, valid = evaluate_prediction(pred, batch["depth"], cfg.eval.protocol, cfg.eval.alignment)
         acc.add(per_image, valid)
     student.train()
     acc.reduce()
     return acc.compute()
-
-
-@dataclass(frozen=True)
-class MicroStep:
-    """What one micro-batch left behind: the batch, its loss parts (with ``"total"``, before the division by
-    ``grad_accum``), the student outputs (``"crop"`` (B, C, C), …), the teacher's crop prediction (B, C, C) or None
-    (supervised), and ``sync``: whether it is the last micro-batch of an optimizer step."""
-
-    batch: dict[str, torch.Tensor]
-    parts: dict[str, torch.Tensor]
-    out: dict[str, torch.Tensor]
-    teacher_crop: torch.Tensor | None
-    sync: bool
 
 
 class DistillWorker:
@@ -186,19 +171,21 @@ class DistillWorker:
     exactly: build (model initialisation) → resume (restores the RNG) → start (the ``batch_size=auto`` probe).
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str, tb_dir: str | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str, tb_dir: str | None, checkpoints_dir: str = "") -> None:
         self.cfg, self.run_dir, self.tb_dir = cfg, run_dir, tb_dir
+        self.checkpoints_dir = checkpoints_dir  # Ray Train's run directory: where resume checks the data position
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         setup_logging(rank=self.rank)
         self.device = ray.train.torch.get_device()
         torch.set_num_threads(torch_threads(cfg))
-        seed = cfg.train.seed * 1000 + self.rank
-        seed_everything(seed)
+        seed_everything(cfg.train.seed * 1000 + self.rank)
         student = build_student(cfg.model)
-        self.teachers = TeacherPool(cfg.model.teachers, self.device, seed=seed) if cfg.loss.mode == "distill" else None
-        self.feat_dims = self.teachers.dims if self.teachers is not None and cfg.loss.lambda_feat > 0 else []
-        self.task = StudentTask(student, self.feat_dims).to(self.device)
+        self.teachers = build_teachers(cfg, self.device)  # draws seeded alike on every rank
+        # L_feat's target (loss.feat_target): the "initial" copy is taken here, before resume loads any weights
+        self.task = build_task(student, cfg, self.teachers.dims if self.teachers is not None else []).to(self.device)
+        self.feat_dims = list(self.task.teacher_dims)  # the widths L_feat projects to (empty for "initial")
+        compile_student(self.task, cfg)
         optimizer, scheduler = build_optimizer(self.task, cfg.optim)
         self.checkpointed = Checkpointed(
             student=student,
@@ -208,13 +195,12 @@ class DistillWorker:
             extra_state={"teachers": self.teachers} if self.teachers is not None else {},
         )
         self.state = TrainState()
-        self._micro = 0  # micro-batches done by this worker group (the accumulation phase)
 
     @classmethod
     def build(cls, config: dict[str, Any]) -> DistillWorker:
         """From the trainer's ``train_loop_config`` (plain dicts, as Ray hands it over)."""
         cfg: ExperimentConfig = from_dict(ExperimentConfig, config["experiment"])
-        return cls(cfg, config["run_dir"], config.get("tensorboard_dir"))
+        return cls(cfg, config["run_dir"], config.get("tensorboard_dir"), config["checkpoints_dir"])
 
     def resume(self, checkpoint: ray.train.Checkpoint | None) -> None:
         """Restore the checkpointed parts, counters and this rank's RNG (no-op without a checkpoint)."""
@@ -222,15 +208,33 @@ class DistillWorker:
             return
         with checkpoint.as_directory() as ckpt_dir:
             self.state = self.checkpointed.load(ckpt_dir, rank=self.rank)
-        logger.info("resumed from checkpoint at step %d (epoch %d)", self.state.step, self.state.epoch)
+        check_data_position(self.state, self.checkpoints_dir)  # the dataset starts at this checkpoint's epoch
+        logger.info(
+            "resumed from checkpoint at step %d (epoch %d, %d micro-batches into it)",
+            self.state.step,
+            self.state.epoch,
+            self.state.epoch_batches,
+        )
 
     def start(self) -> None:
-        """Resolve the micro-batch, wrap the task for DDP, open the monitor and journal at the (resumed) step."""
-        self.micro_batch, self.grad_accum = resolve_batch_size(self.cfg, self.task, self.device)
+        """Resolve the micro-batch (``auto``: probed with the real step), wrap the task for DDP, build the step, open
+        the monitor and journal at the (resumed) step."""
+        self.micro_batch, self.grad_accum = resolve_batch_size(
+            self.cfg, self.task, self.device, self.teachers, self.checkpointed.optimizer
+        )
         self.model = ray.train.torch.prepare_model(
             self.task, parallel_strategy_kwargs={"find_unused_parameters": len(set(self.feat_dims)) > 1}
         )
         self.model.train()
+        self.step = TrainStep(
+            self.cfg,
+            self.model,
+            self.teachers,
+            self.checkpointed.optimizer,
+            self.checkpointed.scheduler,
+            grad_accum=self.grad_accum,
+            use_feat=self.task.use_feat,
+        )
         self.monitor = Monitor(self.tb_dir, self.rank, self.cfg.optim.max_steps, self.state.step)
         node_ids = gather_node_ids()  # every rank takes part in the gather
         journal_path = storage.join(self.run_dir, JOURNAL_FILE) if self.rank == 0 else None
@@ -238,45 +242,51 @@ class DistillWorker:
         self.shard = ray.train.get_dataset_shard("train")
 
     def epoch_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This worker's micro-batches of the current epoch (see :func:`dad_ray.data.train_batches`)."""
-        return train_batches(
+        """This worker's micro-batches of the current epoch (see :func:`dad_ray.data.train_batches`), counted in
+        ``state.epoch_batches`` (the data position a checkpoint carries). After a mid-epoch resume the batches the
+        checkpointed run already trained on are read and skipped: the run goes on with what the uninterrupted run
+        saw next (exact with one worker; with several, which rows reach which worker depends on timing)."""
+        done = self.state.epoch_batches
+        batches = train_batches(
             self.shard, self.cfg.data, self.state.epoch, batch_size=self.micro_batch, device=self.device
         )
+        for i, batch in enumerate(batches):
+            if i < done:
+                continue
+            self.state.epoch_batches = i + 1
+            yield batch
 
     def micro_step(self, batch: dict[str, torch.Tensor], data_wait: float) -> MicroStep:
-        """Forward and backward of one micro-batch (loss ÷ ``grad_accum``); DDP all-reduces only on the last one."""
-        sync = (self._micro + 1) % self.grad_accum == 0
-        no_sync = self.model.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
-        with no_sync:
-            with autocast_context(self.cfg, self.device):
-                parts, out, t_crop = compute_losses(
-                    self.model, self.teachers, batch, self.cfg, use_feat=bool(self.feat_dims)
-                )
-            loss = parts["total"] / self.grad_accum
-            loss.backward()
-        self.monitor.add({f"loss/{k}": v.item() for k, v in parts.items()})
-        self.monitor.add(scale_stats(out["crop"], "pred/student"))
-        if t_crop is not None:
-            self.monitor.add(scale_stats(t_crop, "pred/teacher"))
+        """Forward and backward of one micro-batch (:meth:`TrainStep.micro`); its loss parts and scale statistics
+        go to the monitor as device tensors (no host sync)."""
+        micro = self.step.micro(batch)
+        self.monitor.add({f"loss/{k}": v for k, v in micro.parts.items()})
+        self.monitor.add(scale_stats(micro.out["crop"], "pred/student"))
+        if micro.teacher_crop is not None:
+            self.monitor.add(scale_stats(micro.teacher_crop, "pred/teacher"))
         self.monitor.step_done(batch["crop_image"].shape[0], data_wait)
-        self._micro += 1
-        return MicroStep(batch=batch, parts=parts, out=out, teacher_crop=t_crop, sync=sync)
+        return micro
 
     def optimizer_step(self, micro: MicroStep) -> None:
-        """Clip, step the optimizer and the schedule, count the step, journal the last micro-batch's loss."""
-        optimizer, scheduler = self.checkpointed.optimizer, self.checkpointed.scheduler
-        if self.cfg.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.monitor.add({"train/grad_norm": grad_norm.item()})
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        """Clip, step the optimizer and the schedule (:meth:`TrainStep.optimizer_step`), count the step, buffer the
+        journal line (the last micro-batch's loss and the step's teacher)."""
+        grad_norm = self.step.optimizer_step()
+        if grad_norm is not None:
+            self.monitor.add({"train/grad_norm": grad_norm})
         self.state.step += 1
-        self.journal.write(self.state.step, self.state.epoch, micro.parts["total"].item())
+        self.journal.write(self.state.step, self.state.epoch, micro.parts["total"], micro.teacher_index)
 
     def log_scalars(self) -> None:
-        """The logging window's means (losses, scale drift, learning rates, throughput) to console and TensorBoard."""
+        """The logging window's means (losses, scale drift, learning rates, throughput) to console and TensorBoard,
+        and the window's journal lines: the one host sync of a window (every rank calls it at the same step)."""
         self.monitor.flush(self.state.step, group_lrs(self.checkpointed.optimizer), self.world)
+        self.flush_journal()
+
+    def flush_journal(self) -> None:
+        """Write the journal's buffered step lines with every rank's teacher of each step (a collective in
+        distillation: every rank calls it at the same point)."""
+        per_rank = all_gather(self.journal.pending_teachers()) if self.teachers is not None else None
+        self.journal.flush(per_rank)
 
     def log_images(self, micro: MicroStep) -> None:
         """RGB | teacher | student | ground truth of the step's last micro-batch, the ground truth as disparity
@@ -316,6 +326,7 @@ class DistillWorker:
                 metrics["n_invalid"],
             )
         with_checkpoint = state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.optim.max_steps
+        self.flush_journal()  # the step lines before their checkpoint line
         self._report(report, with_checkpoint)
         if with_checkpoint:
             self.journal.checkpoint(state.step)
@@ -339,14 +350,17 @@ class DistillWorker:
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
     def end_epoch(self, n_batches: int) -> None:
-        """Count the epoch; an epoch without a single batch is an error (the loop would never end)."""
-        if n_batches == 0:
+        """Count the epoch; an epoch without a single batch is an error (the loop would never end). ``n_batches``
+        is what this attempt took: after a resume at an epoch's last batch it is 0, the epoch's count is not."""
+        if n_batches == 0 and self.state.epoch_batches == 0:
             raise RuntimeError(
                 f"rank {self.rank}: the training split '{self.cfg.data.train_split}' under {self.cfg.data.root} "
                 f"yielded no batch of {self.micro_batch} (fewer samples per worker than the batch size?)"
             )
         self.state.epoch += 1
+        self.state.epoch_batches = 0
 
     def close(self) -> None:
+        self.flush_journal()
         self.monitor.close()
         self.journal.close()

@@ -1,4 +1,7 @@
-"""Reading a finished (or interrupted) experiment: ranked trials, the best config, plots, search efficiency."""
+"""Reading a finished (or interrupted) experiment: ranked trials, the best config, plots, search efficiency.
+
+The experiment directory may be local or a URI (``s3://…``): every read and write goes through
+:mod:`dad_ray.data.storage` (plots are drawn locally and uploaded)."""
 
 from __future__ import annotations
 
@@ -6,12 +9,16 @@ import json
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dad_ray.config import get_dotted, load_config, save_config, to_dict
-from dad_ray.tune.driver import TRIALS_DIR, load_experiment_space
+import yaml
+
+from dad_ray.config import ExperimentConfig, from_dict, get_dotted, to_dict
+from dad_ray.data import storage
+from dad_ray.tune.driver import TRIALS_DIR, load_experiment_space, save_config_to
 from dad_ray.tune.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -30,11 +37,17 @@ class TrialSummary:
     stopped_early: bool  # ASHA stopped it before max_t
     error: str = ""
     history: list[dict[str, float]] = field(default_factory=list)  # {step, val_round, metric}
+    variant: str = ""  # the variant it ran (its name, or "variant <i>"); "" when the space has none
+
+    @property
+    def final(self) -> float:
+        """The metric at the last validation (nan when never validated)."""
+        return self.history[-1]["metric"] if self.history else float("nan")
 
 
 @dataclass
 class ExperimentReport:
-    exp_dir: Path
+    exp_dir: str  # local (absolute) or URI
     space: SearchSpace
     trials: list[TrialSummary]  # ranked, best first; failed/never-validated last
     steps_spent: int
@@ -49,12 +62,12 @@ class ExperimentReport:
         return self.steps_spent / self.steps_full if self.steps_full else float("nan")
 
 
-def _read_results(trial_path: Path) -> list[dict[str, Any]]:
-    path = trial_path / "result.json"
-    if not path.is_file():
+def _read_results(trial_path: str) -> list[dict[str, Any]]:
+    path = storage.join(trial_path, "result.json")
+    if not storage.is_file(path):
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in storage.read_path(path).decode().splitlines():
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -63,34 +76,37 @@ def _read_results(trial_path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _tune_trial_dirs(exp_dir: Path) -> dict[str, Path]:
+def _tune_trial_dirs(exp_dir: str) -> dict[str, str]:
     """trial id → Tune's trial directory (the ones holding params.json)."""
     out = {}
-    for params in exp_dir.glob("*/params.json"):
-        rows = _read_results(params.parent)
+    for name in storage.children(exp_dir):
+        trial_dir = storage.join(exp_dir, name)
+        if name == TRIALS_DIR or not storage.is_file(storage.join(trial_dir, "params.json")):
+            continue
+        rows = _read_results(trial_dir)
         trial_id = rows[0]["trial_id"] if rows else None
         if trial_id is None:
             # Tune's trial dir names end with <trial id> before the parameters: run_trial_<id>_<n>_...
-            parts = params.parent.name.split("_")
+            parts = name.split("_")
             trial_id = next((f"{a}_{b}" for a, b in zip(parts, parts[1:]) if len(b) == 5 and b.isdigit()), None)
         if trial_id:
-            out[trial_id] = params.parent
+            out[trial_id] = trial_dir
     return out
 
 
-def _trial_states(exp_dir: Path, dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+def _trial_states(exp_dir: str, dirs: dict[str, str]) -> dict[str, dict[str, Any]]:
     """trial id → {status, config, error} from Tune's experiment state (ExperimentAnalysis); the error is the last
     line of ``error.txt`` in the trial's directory (``dirs``: no Ray session needed, unlike ``Trial.local_path``)."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(exp_dir))
+    analysis = ExperimentAnalysis(exp_dir)
     out = {}
     for trial in analysis.trials:
         error = ""
         if trial.status == "ERROR":
-            error_file = dirs[trial.trial_id] / "error.txt" if trial.trial_id in dirs else None
-            if error_file is not None and error_file.is_file():
-                error = error_file.read_text().strip().splitlines()[-1]
+            error_file = storage.join(dirs[trial.trial_id], "error.txt") if trial.trial_id in dirs else None
+            if error_file is not None and storage.is_file(error_file):
+                error = storage.read_path(error_file).decode().strip().splitlines()[-1]
             else:
                 error = "error (no error.txt in the trial directory)"
         out[trial.trial_id] = {"status": trial.status, "config": trial.config, "error": error}
@@ -98,7 +114,8 @@ def _trial_states(exp_dir: Path, dirs: dict[str, Path]) -> dict[str, dict[str, A
 
 
 def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
-    exp_dir = Path(exp_dir).resolve()
+    """Rank the trials of the experiment at ``exp_dir`` (local or URI)."""
+    exp_dir = storage.absolute(str(exp_dir))
     space = load_experiment_space(exp_dir)
     sched = space.scheduler
     metric, sign = space.metric, (1 if space.mode == "min" else -1)
@@ -121,7 +138,7 @@ def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
         steps = max((h["step"] for h in history), default=0)
         time_attr = sched.time_attr if sched else "step"
         time_used = max((h[time_attr] for h in history), default=0)
-        cfg = space.trial_config(state["config"], name="x", output=str(exp_dir))
+        cfg = space.trial_config(state["config"], name="x", output=exp_dir)
         tree = to_dict(cfg)
         trials.append(
             TrialSummary(
@@ -134,6 +151,7 @@ def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
                 stopped_early=bool(max_t and state["status"] == "TERMINATED" and time_used < max_t),
                 error=state["error"],
                 history=history,
+                variant=space.variant_name(state["config"]),
             )
         )
     trials.sort(key=lambda t: (math.isnan(t.best), sign * t.best if not math.isnan(t.best) else 0.0, t.trial_id))
@@ -142,16 +160,22 @@ def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
     return ExperimentReport(exp_dir=exp_dir, space=space, trials=trials, steps_spent=spent, steps_full=full)
 
 
-def write_best_config(report: ExperimentReport) -> Path | None:
+def write_best_config(report: ExperimentReport) -> str | None:
     """The best trial's complete config as ``best_config.yaml`` (``jobs/distill.py --config`` runs it as a fresh
-    run named ``best_<trial id>``)."""
+    run named ``best_<trial id>``); returns where it was written (local path or URI)."""
     best = report.best
     if best is None:
         logger.warning("no trial reported %s: no best config written", report.space.metric)
         return None
-    cfg = load_config(report.exp_dir / TRIALS_DIR / best.trial_id / "config.yaml")
+    cfg = from_dict(ExperimentConfig, yaml.safe_load(storage.read_path(_trial_config(report, best.trial_id))))
     cfg = replace(cfg, train=replace(cfg.train, name=f"best_{best.trial_id}"))
-    return save_config(cfg, report.exp_dir / BEST_CONFIG)
+    path = storage.join(report.exp_dir, BEST_CONFIG)
+    save_config_to(cfg, path)
+    return path
+
+
+def _trial_config(report: ExperimentReport, trial_id: str) -> str:
+    return storage.join(report.exp_dir, TRIALS_DIR, trial_id, "config.yaml")
 
 
 def _fmt(value: Any) -> str:
@@ -162,7 +186,10 @@ def _fmt(value: Any) -> str:
 
 def format_table(report: ExperimentReport) -> str:
     keys = report.space.searched_keys
-    header = ["rank", "trial"] + keys + [f"best {report.space.metric}", "steps", "status"]
+    named = any(t.variant for t in report.trials)
+    header = (
+        ["rank", "trial"] + (["variant"] if named else []) + keys + [f"best {report.space.metric}", "steps", "status"]
+    )
     rows = []
     for i, t in enumerate(report.trials, 1):
         status = (
@@ -170,7 +197,10 @@ def format_table(report: ExperimentReport) -> str:
             if t.status == "ERROR"
             else ("stopped by ASHA" if t.stopped_early else t.status.lower())
         )
-        rows.append([str(i), t.trial_id] + [_fmt(t.hparams[k]) for k in keys] + [_fmt(t.best), str(t.steps), status])
+        variant = [t.variant] if named else []
+        rows.append(
+            [str(i), t.trial_id] + variant + [_fmt(t.hparams[k]) for k in keys] + [_fmt(t.best), str(t.steps), status]
+        )
     widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("-" * len(lines[0]))
@@ -194,14 +224,24 @@ def rungs(report: ExperimentReport) -> list[int]:
     return out
 
 
-def plot(report: ExperimentReport, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """PNG plots: the metric vs each hyper-parameter, and every trial's validation curve with ASHA's rungs."""
+def plot(report: ExperimentReport, out_dir: str | os.PathLike | None = None) -> list[str]:
+    """PNG plots: the metric vs each hyper-parameter, and every trial's validation curve with ASHA's rungs, in
+    ``out_dir`` (default ``<experiment>/plots``; a URI gets them uploaded). Returns their paths (or URIs)."""
+    target = str(out_dir) if out_dir is not None else storage.join(report.exp_dir, "plots")
+    if not storage.is_uri(target):
+        return [str(p) for p in _draw(report, Path(target))]
+    with tempfile.TemporaryDirectory(prefix="dad_ray_plots_") as tmp:
+        paths = _draw(report, Path(tmp))
+        storage.upload_tree(tmp, target)
+    return [storage.join(target, p.name) for p in paths]
+
+
+def _draw(report: ExperimentReport, out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir or report.exp_dir / "plots")
     out_dir.mkdir(parents=True, exist_ok=True)
     metric = report.space.metric
     done = [t for t in report.trials if not math.isnan(t.best)]

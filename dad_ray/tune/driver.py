@@ -7,6 +7,10 @@ Layout of an experiment ``<output>/<experiment>/``:
     <trial dirs>/           Tune's own per-trial results (result.json, progress.csv, ray/tune/* event files)
     trials/<trial id>/      each trial's distillation run: config.yaml, tensorboard/ (+ HParams), checkpoints/
     tuner.pkl, experiment_state-*.json   Tune's state (Tuner.restore)
+
+``<output>`` may be a local directory or a URI (``s3://bucket/tune``, with ``?endpoint_override=…`` if needed): every
+directory here is a string built by :mod:`dad_ray.data.storage` (never a ``pathlib.Path``, which would turn a URI
+into a local path), so trials on other nodes write into the same experiment.
 """
 
 from __future__ import annotations
@@ -14,14 +18,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import yaml
 from ray import tune
 
-from dad_ray.config import ExperimentConfig, get_dotted, save_config, to_dict, with_absolute_paths
-from dad_ray.config.loader import read_yaml_mapping
+from dad_ray.config import ConfigError, ExperimentConfig, config_to_yaml, get_dotted, to_dict, with_absolute_paths
+from dad_ray.data import storage
 from dad_ray.runtime import init_ray
 from dad_ray.tune.hparams import HParamsCallback
 from dad_ray.tune.space import SearchSpace, parse_space
@@ -34,12 +37,13 @@ BASE_FILE = "base_config.yaml"
 TRIALS_DIR = "trials"
 
 
-def experiment_dir(output: str | os.PathLike, name: str) -> Path:
-    return Path(output).resolve() / name
+def experiment_dir(output: str | os.PathLike, name: str) -> str:
+    """``<output>/<name>``: absolute for a local ``output``, a URI (its query kept) for a URI."""
+    return storage.join(storage.absolute(str(output)), name)
 
 
-def trial_run_dir(exp_dir: str | os.PathLike, trial_id: str) -> Path:
-    return Path(exp_dir) / TRIALS_DIR / trial_id
+def trial_run_dir(exp_dir: str, trial_id: str) -> str:
+    return storage.join(exp_dir, TRIALS_DIR, trial_id)
 
 
 def with_absolute_base(space: SearchSpace) -> SearchSpace:
@@ -47,9 +51,9 @@ def with_absolute_base(space: SearchSpace) -> SearchSpace:
     return replace(space, base=with_absolute_paths(space.base))
 
 
-def hparams_of(space: SearchSpace, exp_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+def hparams_of(space: SearchSpace, exp_dir: str, config: dict[str, Any]) -> dict[str, Any]:
     """The resolved value of every searched key in a trial's config."""
-    cfg = space.trial_config(config, name="hparams", output=str(exp_dir / TRIALS_DIR))
+    cfg = space.trial_config(config, name="hparams", output=storage.join(exp_dir, TRIALS_DIR))
     tree = to_dict(cfg)
     return {key: get_dotted(tree, key) for key in space.searched_keys}
 
@@ -61,8 +65,8 @@ def run_trial(config: dict[str, Any], space: SearchSpace, exp_dir: str) -> None:
     from dad_ray.train import build_trainer, run_dir
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = space.trial_config(config, name=trial_id, output=f"{exp_dir}/{TRIALS_DIR}")
-    save_config(cfg, Path(run_dir(cfg)) / "config.yaml")
+    cfg = space.trial_config(config, name=trial_id, output=storage.join(exp_dir, TRIALS_DIR))
+    save_config_to(cfg, storage.join(run_dir(cfg), "config.yaml"))
     logger.info("trial %s: %s", trial_id, {k: v for k, v in config.items()})
     result = build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
@@ -80,24 +84,29 @@ def default_concurrency(space: SearchSpace, cfg: ExperimentConfig) -> int:
     return max(1, int((resources.get("CPU", 1) - 1) // per_trial))
 
 
-def _trainable(space: SearchSpace, exp_dir: Path, cfg: ExperimentConfig):
-    trainable = tune.with_parameters(run_trial, space=space, exp_dir=str(exp_dir))
+def save_config_to(cfg: ExperimentConfig, path: str) -> None:
+    """The resolved config as YAML at a local path or a URI, atomically (what ``save_config`` writes locally)."""
+    storage.write_path(path, config_to_yaml(cfg))
+
+
+def _trainable(space: SearchSpace, exp_dir: str, cfg: ExperimentConfig):
+    trainable = tune.with_parameters(run_trial, space=space, exp_dir=exp_dir)
     resources: dict[str, float] = {"cpu": space.cpus_per_trial}
     if space.gpus_per_trial > 0 and not cfg.train.use_gpu:
         resources["gpu"] = space.gpus_per_trial
     return tune.with_resources(trainable, resources)
 
 
-def _run_config(space: SearchSpace, exp_dir: Path) -> tune.RunConfig:
+def _run_config(space: SearchSpace, exp_dir: str) -> tune.RunConfig:
     callback = HParamsCallback(
         hparams_of=lambda config: hparams_of(space, exp_dir, config),
-        tensorboard_dir_of=lambda trial_id: trial_run_dir(exp_dir, trial_id) / "tensorboard",
+        tensorboard_dir_of=lambda trial_id: storage.join(trial_run_dir(exp_dir, trial_id), "tensorboard"),
         metric=space.metric,
         mode=space.mode,
     )
     return tune.RunConfig(
-        name=exp_dir.name,
-        storage_path=str(exp_dir.parent),
+        name=storage.basename(exp_dir),
+        storage_path=storage.parent(exp_dir),
         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         callbacks=[callback],
         verbose=1,
@@ -115,17 +124,18 @@ def _scheduler(space: SearchSpace):
     )
 
 
-def prepare(space: SearchSpace, output: str | os.PathLike, name: str | None = None) -> tuple[SearchSpace, Path]:
+def prepare(space: SearchSpace, output: str | os.PathLike, name: str | None = None) -> tuple[SearchSpace, str]:
     """Resolve paths, write space.yaml/base_config.yaml, and run ``prepare_experiment`` once (data + teacher)."""
     from dad_ray.train import prepare_experiment
 
     exp_dir = experiment_dir(output, name or space.name)
     space = with_absolute_base(space)
     cfg = space.base
-    cfg = prepare_experiment(replace(cfg, train=replace(cfg.train, name="prepare", output=str(exp_dir / TRIALS_DIR))))
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / SPACE_FILE).write_text(yaml.safe_dump({**space.source, NAME_KEY: exp_dir.name}, sort_keys=False))
-    save_config(cfg, exp_dir / BASE_FILE)
+    trials = storage.join(exp_dir, TRIALS_DIR)
+    cfg = prepare_experiment(replace(cfg, train=replace(cfg.train, name="prepare", output=trials)))
+    source = {**space.source, NAME_KEY: storage.basename(exp_dir)}
+    storage.write_path(storage.join(exp_dir, SPACE_FILE), yaml.safe_dump(source, sort_keys=False))
+    save_config_to(cfg, storage.join(exp_dir, BASE_FILE))
     return space, exp_dir
 
 
@@ -144,7 +154,7 @@ def run_search(
     concurrency = max_concurrent_trials or space.max_concurrent_trials or default_concurrency(space, cfg)
     logger.info(
         "experiment %s: %d trials, %d at a time, ASHA %s → %s",
-        exp_dir.name,
+        storage.basename(exp_dir),
         space.total_trials(),
         concurrency,
         space.scheduler,
@@ -174,27 +184,33 @@ def _with_stop(run_config: tune.RunConfig, stop: Any) -> tune.RunConfig:
 
 
 def load_experiment_space(exp_dir: str | os.PathLike) -> SearchSpace:
-    """The space an experiment directory was started with (its ``space.yaml``), base paths made absolute."""
-    exp_dir = Path(exp_dir).resolve()
-    path = exp_dir / SPACE_FILE
-    if not path.is_file():
+    """The space an experiment directory (local or URI) was started with (its ``space.yaml``), base paths made
+    absolute."""
+    exp_dir = storage.absolute(str(exp_dir))
+    path = storage.join(exp_dir, SPACE_FILE)
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{path}: not a tune experiment directory (no {SPACE_FILE})")
-    data = read_yaml_mapping(path, "search space")
-    name = data.pop(NAME_KEY, exp_dir.name)
-    return with_absolute_base(parse_space(data, path=str(path), name=name))
+    try:
+        data = yaml.safe_load(storage.read_path(path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a search space must be a mapping, got {type(data).__name__}")
+    name = data.pop(NAME_KEY, storage.basename(exp_dir))
+    return with_absolute_base(parse_space(data, path=path, name=name))
 
 
 def resume_search(exp_dir: str | os.PathLike, *, restart_errored: bool = False) -> tune.ResultGrid:
     """Continue an interrupted experiment: finished trials are kept, unfinished ones resume from their checkpoints
     (each trial's TorchTrainer continues its own run), errored ones are restarted only if asked."""
-    exp_dir = Path(exp_dir).resolve()
-    if not tune.Tuner.can_restore(str(exp_dir)):
+    exp_dir = storage.absolute(str(exp_dir))
+    space = load_experiment_space(exp_dir)  # first: names a directory that is no experiment at all
+    if not tune.Tuner.can_restore(exp_dir):
         raise FileNotFoundError(f"{exp_dir}: no Tune experiment state to resume from")
-    space = load_experiment_space(exp_dir)
     cfg = space.base
     init_ray()
     tuner = tune.Tuner.restore(
-        str(exp_dir),
+        exp_dir,
         trainable=_trainable(space, exp_dir, cfg),
         resume_unfinished=True,
         resume_errored=False,

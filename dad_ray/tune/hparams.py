@@ -2,17 +2,22 @@
 hyper-parameters against the final metric.
 
 Written on the driver by a Tune callback when a trial ends (finished, stopped by ASHA, or failed), into the trial's
-own TensorBoard directory (``<experiment>/trials/<trial id>/tensorboard``) next to the distillation's scalars.
+own TensorBoard directory (``<experiment>/trials/<trial id>/tensorboard``) next to the distillation's scalars
+(a URI directory gets the event file uploaded).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+
+from dad_ray.data.storage import is_uri, upload_tree
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +49,10 @@ def write_hparams(
         values["status"] = status
     finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     exp, ssi, sei = hparams_summary(values, {k: 0.0 for k in metrics}, hparam_domain_discrete=discrete)
-    Path(log_dir).mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=".hparams")
+    remote = str(log_dir) if is_uri(str(log_dir)) else None
+    local = tempfile.mkdtemp(prefix="dad_ray_hparams_") if remote else str(log_dir)
+    Path(local).mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(log_dir=local, filename_suffix=".hparams")
     try:
         file_writer = writer._get_file_writer()
         for summary in (exp, ssi, sei):
@@ -54,6 +61,9 @@ def write_hparams(
             writer.add_scalar(key, value, step)
     finally:
         writer.close()
+    if remote:  # a URI trial directory (s3://…): the event file goes there beside the trial's own
+        upload_tree(local, remote)
+        shutil.rmtree(local, ignore_errors=True)
 
 
 class HParamsCallback(tune.Callback):

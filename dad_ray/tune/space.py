@@ -8,9 +8,9 @@
       loss.normalization: {choice: [global, hybrid, local, none]}
       data.crop_size: {randint: [56, 112], multiple_of: 14}    # inclusive bounds; sampled from the multiples
       loss.lambda_feat: {grid: [0.0, 1.0]}
-    variants:                         # optional: a grid over whole override sets (e.g. "SC only" vs "SC+LG")
-      - {loss.lambda_lg: 0.0}
-      - {loss.lambda_lg: 0.5}
+    variants:                         # optional: a grid over whole override sets (e.g. "SC only" vs "SC+LG"),
+      - {name: sc_only, loss.lambda_lg: 0.0}   # each optionally named ("name", not a config key: unique, shown by
+      - {name: sc_lg, loss.lambda_lg: 0.5}     # jobs/analyze.py and used by its paper layout)
     metric: val_abs_rel
     mode: min
     num_samples: 2                    # repeats of the grid (random params are drawn per sample)
@@ -52,6 +52,7 @@ METRICS = tuple(f"val_{k}" for k in METRIC_KEYS) + ("loss",)
 RESERVED = ("train.name", "train.output")
 # keys whose null means "empty" (a YAML section whose entries are all commented out)
 NULL_MEANS_EMPTY = ("overrides", "params", "variants", "resources")
+VARIANT_NAME = "name"  # the one key of a variant that is not a config key: its label
 SPACES_PACKAGE = "dad_ray.tune.spaces"
 MAX_COMBINATIONS = 4096  # every combination of the discrete candidates is checked up to this many
 
@@ -184,12 +185,18 @@ class SpaceFile:
             needed = f"exactly one distribution of {', '.join(DISTRIBUTIONS)} is needed, got {kinds or 'none'}"
             check(len(kinds) == 1, f"params.{key}", needed)
         for i, variant in enumerate(self.variants):
-            check(len(variant) > 0, f"variants[{i}]", "expected a non-empty mapping of dotted keys to values")
-            for key in variant:
+            keys = [k for k in variant if k != VARIANT_NAME]
+            check(len(keys) > 0, f"variants[{i}]", "expected a non-empty mapping of dotted keys to values")
+            for key in keys:
                 _check_key(key, f"variants[{i}]", valid)
                 check(key not in self.params, f"variants[{i}]", f"'{key}' is also in params; vary it in one place")
+        names = [v[VARIANT_NAME] for v in self.variants if VARIANT_NAME in v]
+        for i, variant in enumerate(self.variants):
+            name = variant.get(VARIANT_NAME)
+            check(name is None or (isinstance(name, str) and name != ""), f"variants[{i}].name", "must be a string")
+            check(name is None or names.count(name) == 1, f"variants[{i}].name", f"'{name}' names two variants")
         check(bool(self.params or self.variants), "params", "nothing to search: give params and/or variants")
-        _check_disjoint(list(self.params) + [k for v in self.variants for k in v])
+        _check_disjoint(list(self.params) + [k for v in self.variants for k in v if k != VARIANT_NAME])
         check(self.metric in METRICS, "metric", f"unknown metric '{self.metric}'{close_matches(self.metric, METRICS)}")
         check(self.num_samples >= 1, "num_samples", f"expected an integer >= 1, got {self.num_samples}")
         concurrent = self.max_concurrent_trials
@@ -330,7 +337,7 @@ class SearchSpace:
         """Every dotted key a trial may vary (params, then keys of the variants), in order."""
         keys = [p.key for p in self.params]
         for variant in self.variants:
-            keys += [k for k in variant if k not in keys]
+            keys += [k for k in variant if k not in keys and k != VARIANT_NAME]
         return keys
 
     def base_config(self) -> ExperimentConfig:
@@ -347,8 +354,20 @@ class SearchSpace:
         """Tune's sampled config -> dotted key -> value (the variant selected by ``sampled['variant']`` expanded)."""
         values: dict[str, Any] = {}
         for key, value in sampled.items():
-            values.update(self.variants[int(value)] if key == "variant" else {key: value})
+            values.update(self.variant_values(int(value)) if key == "variant" else {key: value})
         return values
+
+    def variant_values(self, index: int) -> dict[str, Any]:
+        """Variant ``index``'s dotted keys and values (without its name)."""
+        return {k: v for k, v in self.variants[index].items() if k != VARIANT_NAME}
+
+    def variant_name(self, sampled: Mapping[str, Any]) -> str:
+        """The name of the variant a trial ran (``sampled['variant']``): its ``name``, else ``variant <index>``;
+        "" without variants."""
+        if "variant" not in sampled:
+            return ""
+        index = int(sampled["variant"])
+        return str(self.variants[index].get(VARIANT_NAME, f"variant {index}"))
 
     def trial_config(self, sampled: Mapping[str, Any], *, name: str, output: str) -> ExperimentConfig:
         """base + sampled params (+ the variant selected by ``sampled['variant']``) + name/output."""
@@ -389,8 +408,8 @@ def _validate_values(space: SearchSpace) -> None:
     for p in space.params:
         for value in p.candidates():
             _config_or_error(space, {p.key: value}, f"params.{p.key}={value!r}")
-    for i, variant in enumerate(space.variants):
-        _config_or_error(space, variant, f"variants[{i}]")
+    for i in range(len(space.variants)):
+        _config_or_error(space, space.variant_values(i), f"variants[{i}]")
     # combinations (cross-field rules such as checkpoint_every % val_every), capped to keep loading instant
     axes = [[(p.key, v) for v in p.candidates()] for p in space.params]
     if space.variants:
@@ -470,17 +489,40 @@ def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
     raise ConfigError(f"search space '{name_or_path}' not found{hint}; shipped: {', '.join(shipped)}")
 
 
+def with_base(data: dict[str, Any], *, preset: str | None = None, config: str | os.PathLike | None = None):
+    """``data`` (a space mapping) with its base replaced by the preset ``preset`` or the config file ``config``
+    (made absolute, so the experiment's saved ``space.yaml`` finds it again); unchanged when both are None."""
+    if preset is not None and config is not None:
+        raise ConfigError("give a base preset or a base config file, not both")
+    if preset is None and config is None:
+        return data
+    out = {k: v for k, v in data.items() if k not in ("base_preset", "base_config")}
+    if preset is not None:
+        out["base_preset"] = preset
+    else:
+        out["base_config"] = os.path.abspath(config)
+    return out
+
+
 def load_space(
     name_or_path: str | os.PathLike,
     *,
     overrides: Iterable[str] | Mapping[str, Any] = (),
     name: str | None = None,
+    base_preset: str | None = None,
+    base_config: str | os.PathLike | None = None,
 ) -> SearchSpace:
     """Read a search space: a YAML file or a shipped space's name, plus extra fixed overrides (``key=value`` strings
-    as ``--set`` takes them, or a mapping). The experiment name is ``name``, else the file's stem. (An experiment's
-    own ``space.yaml`` is read by :func:`dad_ray.tune.driver.load_experiment_space`.)"""
+    as ``--set`` takes them, or a mapping). ``base_preset`` / ``base_config`` replace the space's base (its
+    overrides still apply). The experiment name is ``name``, else the file's stem. (An experiment's own
+    ``space.yaml`` is read by :func:`dad_ray.tune.driver.load_experiment_space`.)"""
     path = resolve_space_path(name_or_path)
-    return parse_space(read_yaml_mapping(path, "search space"), path=str(path), name=name, overrides=overrides)
+    data = read_yaml_mapping(path, "search space")
+    try:
+        data = with_base(data, preset=base_preset, config=base_config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return parse_space(data, path=str(path), name=name, overrides=overrides)
 
 
 __all__ = [

@@ -194,7 +194,7 @@ def test_ensure_synthetic_is_idempotent(synth_root):
     assert before["num_samples"] == 12 and len(before["shards"]) > 1
     assert read_json(os.path.join(synth_root, "test", "manifest.json"))["num_samples"] == 5
     other = dataclasses.replace(cfg.synthetic, train_samples=13)
-    with pytest.raises(StaleShardsError, match=r"data.root .*split 'train' holds shards made with other settings"):
+    with pytest.raises(StaleShardsError, match=r"split 'train' holds synthetic shards made with other settings"):
         ensure_synthetic(synth_root, other, splits=("train", "test"), progress=False)
 
 

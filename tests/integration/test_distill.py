@@ -80,12 +80,17 @@ def test_smoke_cli_one_worker_end_to_end(workdir, smoke_assets):
 
 def test_two_workers_ddp_with_the_run_directory_at_a_uri(ray_local, workdir, smoke_assets):
     """2 DDP workers, outputs given as a pyarrow URI (what s3://… takes on a cluster; file:// here): Ray Train's
-    checkpoints, the workers' TensorBoard and journal, and the driver's files and final evaluation all go through it."""
+    checkpoints, the workers' TensorBoard and journal, and the driver's files and final evaluation all go through it.
+    Two teachers ("select", 0.5 / 0.5): every rank uses the same teacher at every optimizer step (issue 13)."""
+    from dataclasses import replace
+
     from dad_ray.train import run_experiment
 
     uri = f"file://{workdir / 'uri_runs'}"
     overrides = {"train.num_workers": 2, "train.cpus_per_worker": 1.0, "train.output": uri}
     cfg = smoke_config(workdir, "two_workers", smoke_assets, **overrides)
+    teacher = replace(cfg.model.teachers[0], probability=0.5)
+    cfg = replace(cfg, model=replace(cfg.model, teachers=(teacher, teacher)))
     metrics = run_experiment(cfg)
     run = workdir / "uri_runs" / "two_workers"
     for name in ("config.yaml", "final_metrics.json", "student.safetensors", "untrained_student.safetensors"):
@@ -99,6 +104,9 @@ def test_two_workers_ddp_with_the_run_directory_at_a_uri(ray_local, workdir, smo
     losses = [e["loss"] for e in journal if "step" in e]
     assert steps_of(journal) == list(range(1, 13))
     assert sum(losses[-4:]) < sum(losses[:4]), losses
+    per_step = [e["teachers"] for e in journal if "step" in e]  # [rank 0's teacher, rank 1's teacher] per step
+    assert all(len(t) == 2 and t[0] == t[1] for t in per_step), per_step
+    assert {t[0] for t in per_step} == {0, 1}  # both teachers were drawn
 
 
 def test_killed_worker_resumes_at_the_same_step_then_a_new_submission_continues(ray_local, workdir, smoke_assets):

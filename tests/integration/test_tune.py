@@ -171,7 +171,7 @@ def test_best_config_round_trips_into_distill(experiment):
 
     report = experiment["report"]
     path = write_best_config(report)
-    assert path == experiment["exp_dir"] / "best_config.yaml"
+    assert path == str(experiment["exp_dir"] / "best_config.yaml")  # a string: the experiment may be a URI
     trial_cfg = load_config(experiment["exp_dir"] / "trials" / report.best.trial_id / "config.yaml")
     best = build_config(config_file=path)
     assert best == replace(trial_cfg, train=replace(trial_cfg.train, name=f"best_{report.best.trial_id}"))

@@ -29,7 +29,7 @@ from dad_ray.config import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-GPU_PRESETS = ("nyu_vitl_to_vitb", "nyu_vitl_to_vits", "nyu_multi_teacher", "nyu_vitl_to_convnext_atto")
+GPU_PRESETS = ("nyu_vitl_to_vitb", "nyu_vitl_to_vits", "nyu_vitl_dav2b_assistant_to_vitb", "nyu_vitl_to_convnext_atto")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,9 @@ def test_memory_estimate_moves_the_right_way():
     assert est(**{"data.crop_size": 700}) > ref
     assert est(**{"model.activation_checkpointing": True}) < ref
     assert est(**{"model.student": "dav2_vits"}) < ref
-    assert estimate_gpu_memory_gib(build_config("nyu_multi_teacher")).total_gib > ref  # a second teacher resident
+    assert (
+        estimate_gpu_memory_gib(build_config("nyu_vitl_dav2b_assistant_to_vitb")).total_gib > ref
+    )  # a second teacher resident
     # supervised fine-tuning loads no teacher
     supervised = estimate_gpu_memory_gib(build_config("nyu_vitl_to_vitb", overrides={"loss.mode": "supervised"}))
     assert "teacher_weights" not in supervised.parts_gib and supervised.total_gib < ref

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from dad_ray.data import DataError
-from dad_ray.data.codec import decode_depth, decode_image, encode_depth, encode_image, validate_sample
+from dad_ray.data.codec import decode_depth, decode_image, encode_depth, encode_image, validate_depth
 from dad_ray.data.fixtures import scene, write_depth_png, write_folders, write_mat, write_sync
 from dad_ray.data.manifest import SCHEMA_VERSION, read_manifest, validate_manifest, write_manifest
+from dad_ray.data.prepare import EncodeOptions, encode_sample
 from dad_ray.data.sources import open_source
 from dad_ray.data.sources.nyu_mat import NyuMatSource, official_split
 from dad_ray.data.sources.synthetic_source import SyntheticSource
@@ -80,7 +81,7 @@ def test_mat_bad_inputs_are_named(tmp_path):
     src = open_source(zero, "all")
     _key, image, depth = src.load("1")
     with pytest.raises(DataError, match=r"zero\.mat\[index 2 \(1-based\)\]: depth map has no valid pixel"):
-        validate_sample(src.error_name("1"), image, depth)
+        encode_sample(src, "1", EncodeOptions())
 
 
 def test_folder_source_round_trip(tmp_path):
@@ -93,7 +94,8 @@ def test_folder_source_round_trip(tmp_path):
         key, image, depth = src.load(ref)
         ref_image, ref_depth = scene(i, H, W)
         assert key == f"train/{i:05d}"
-        np.testing.assert_array_equal(image, ref_image)
+        assert image.data == (tmp_path / "folders" / "train" / "rgb" / f"{i:05d}.png").read_bytes()  # original bytes
+        np.testing.assert_array_equal(image.decode(), ref_image)
         tol = 0.0 if i % 2 == 1 else 0.0005  # .npy exact, PNG in millimetres
         np.testing.assert_allclose(depth, ref_depth, atol=tol + 1e-7)
 
@@ -109,7 +111,7 @@ def test_folder_bad_inputs_are_named(tmp_path):
     errors = {}
     for ref in src.refs():
         try:
-            src.load(ref)
+            encode_sample(src, ref, EncodeOptions())
         except DataError as err:
             errors[src.error_name(ref)] = str(err)
     assert set(os.path.basename(k) for k in errors) == {"00001.png", "00002.png", "00003.png"}
@@ -124,9 +126,8 @@ def test_size_mismatch_is_named(tmp_path):
     write_folders(str(root), {"test": 1}, H, W, npy_every=0)
     write_depth_png(str(root / "test" / "depth" / "00000.png"), np.ones((H + 2, W), np.float32))
     src = open_source(str(root), "test")
-    key, image, depth = src.load(src.refs()[0])
     with pytest.raises(DataError, match=r"rgb/00000\.png: RGB/depth size mismatch"):
-        validate_sample(src.error_name(src.refs()[0]), image, depth)
+        encode_sample(src, src.refs()[0], EncodeOptions())
 
 
 def test_sync_source_with_list_and_glob(tmp_path):
@@ -138,7 +139,7 @@ def test_sync_source_with_list_and_glob(tmp_path):
     key, image, depth = with_list.load(with_list.refs()[1])
     ref_image, ref_depth = scene(1, H, W)
     assert key == "scene_01/rgb_00001"
-    assert np.abs(image.astype(int) - ref_image.astype(int)).mean() < 8  # JPEG q95, 4:2:0, noisy tiny image
+    assert np.abs(image.decode().astype(int) - ref_image.astype(int)).mean() < 8  # JPEG q95, 4:2:0, noisy tiny image
     np.testing.assert_allclose(depth, ref_depth, atol=0.0005 + 1e-7)
 
 
@@ -182,9 +183,9 @@ def test_codec_round_trip(fmt):
 def test_validate_sample_cleans_non_finite():
     image = np.zeros((2, 2, 3), np.uint8)
     depth = np.array([[np.nan, -1.0], [np.inf, 2.0]], np.float32)
-    np.testing.assert_array_equal(validate_sample("s", image, depth), [[0, 0], [0, 2.0]])
-    with pytest.raises(DataError, match="s: image must be"):
-        validate_sample("s", np.zeros((2, 2), np.uint8), depth)
+    np.testing.assert_array_equal(validate_depth("s", depth, image.shape[:2]), [[0, 0], [0, 2.0]])
+    with pytest.raises(DataError, match=r"s: RGB/depth size mismatch: image \(2, 3\)"):
+        validate_depth("s", depth, (2, 3))
 
 
 def test_manifest_validation(tmp_path):

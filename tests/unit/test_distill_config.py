@@ -34,7 +34,7 @@ def test_missing_student_init_weights(tmp_path):
 
 
 def test_missing_shards_without_synthetic(tmp_path):
-    with pytest.raises(ConfigError, match="data.root: no shards for split 'train'"):
+    with pytest.raises(ConfigError, match="data.root/data.train_split: no shards for split 'unlabeled'"):
         _validate(**{"data.root": str(tmp_path), "data.synthetic.train_samples": 0})
 
 

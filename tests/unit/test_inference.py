@@ -121,9 +121,12 @@ def test_inference_stays_below_train_and_tune():
 def test_evaluation_takes_hub_files_and_transformers_directories(tmp_path, monkeypatch):
     """``--checkpoint hf://…`` and a transformers directory pass the evaluation's input check (no pyarrow URI
     handling for them) and reach the actors as they are; an uncached Hub file is named before Ray starts."""
-    from dad_ray.inference.evaluate import _actor_weights, _check_inputs
+    from dad_ray.inference.evaluate import ModelToEvaluate, _check_inputs
     from dad_ray.models import create_model, save_weights
     from dad_ray.models.hub import HubFileNotCachedError
+
+    def models(**weights):
+        return {label: ModelToEvaluate("dav2_micro", w, 56, "disparity") for label, w in weights.items()}
 
     snapshot = tmp_path / "hub" / "models--org--student" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
@@ -133,10 +136,12 @@ def test_evaluation_takes_hub_files_and_transformers_directories(tmp_path, monke
     save_weights(create_model("dav2_micro"), tmp_path / "hf_dir" / "model.safetensors")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     hub = "hf://org/student/model.safetensors"
-    _check_inputs({"a": ("dav2_micro", hub), "b": ("dav2_micro", str(tmp_path / "hf_dir"))}, "nyu", "disparity", 2)
-    assert _actor_weights(hub, str(tmp_path / "cache")) == hub
-    assert _actor_weights(str(tmp_path / "hf_dir"), str(tmp_path / "cache")) == str(tmp_path / "hf_dir")
+    _check_inputs(models(a=hub, b=str(tmp_path / "hf_dir")), "nyu", 2)
     with pytest.raises(HubFileNotCachedError, match="repo 'org/student'"):
-        _check_inputs({"a": ("dav2_micro", "hf://org/student/other.safetensors")}, "nyu", "disparity", 2)
+        _check_inputs(models(a="hf://org/student/other.safetensors"), "nyu", 2)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        _check_inputs({"a": ("dav2_micro", str(tmp_path / "missing.safetensors"))}, "nyu", "disparity", 2)
+        _check_inputs(models(a=str(tmp_path / "missing.safetensors")), "nyu", 2)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        _check_inputs(models(a=(tmp_path / "missing.safetensors").as_uri()), "nyu", 2)  # file:// URI
+    with pytest.raises(ValueError, match="multiple of 14"):
+        _check_inputs({"a": ModelToEvaluate("dav2_micro", hub, 50, "disparity")}, "nyu", 2)

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from dad_ray.metrics import (
     METRIC_KEYS,
+    PAPER_ORDER,
     PROTOCOLS,
     EvalProtocol,
     MetricAccumulator,
@@ -151,11 +152,71 @@ def test_protocol_masks():
     assert nyu.crop_box(240, 320) == (23, 236, 21, 301)  # 22.5 → 23, 235.5 → 236, 20.5 → 21, 300.5 → 301 (half up)
     gt[0, 100, 100], gt[0, 101, 100], gt[0, 102, 100] = 10.0, 1e-3, float("nan")  # range is open: 1e-3 < gt < 10
     assert not nyu.valid_mask(gt)[0, 100:103, 100].any()
-    assert PROTOCOLS["kitti"].crop_box(352, 1216) == (143, 349, 43, 1172)
+    # KITTI on the 352×1216 benchmark crop: Eigen (the default, as Marigold's and Distill-Any-Depth's configs) and
+    # Garg, int(fraction · size): Eigen 0.3324324·352 = 117.0, 0.91351351·352 = 321.6, 0.03594771·1216 = 43.7,
+    # 0.96405229·1216 = 1172.3; Garg 0.40810811·352 = 143.7, 0.99189189·352 = 349.1
+    assert PROTOCOLS["kitti"].crop_box(352, 1216) == (117, 321, 43, 1172)
+    assert PROTOCOLS["kitti_garg"].crop_box(352, 1216) == (143, 349, 43, 1172)
+    gt = torch.full((1, 352, 1216), 40.0)
+    gt[0, 200, 500], gt[0, 201, 500], gt[0, 202, 500] = 1e-5, 2e-5, 80.0  # range: 1e-5 < gt < 80 m
+    kitti = PROTOCOLS["kitti"].valid_mask(gt)
+    assert kitti.sum() == (321 - 117) * (1172 - 43) - 2
+    assert kitti[0, 117, 43] and not kitti[0, 116, 43] and not kitti[0, 321, 43] and kitti[0, 201, 500]
+    assert PROTOCOLS["kitti_garg"].valid_mask(gt).sum() == (349 - 143) * (1172 - 43) - 2
     assert PROTOCOLS["diode"].valid_mask(torch.tensor([[[0.5, 0.7, 349.0, 351.0]]])).tolist() == [
         [[False, True, True, False]]
     ]
     assert PROTOCOLS["eth3d"].valid_mask(torch.tensor([[[0.5, 1e4]]])).all()
+    assert PROTOCOLS["eth3d"].valid_mask(torch.tensor([[[1e-5, 2e-5, math.inf]]])).tolist() == [[[False, True, False]]]
+    scannet = PROTOCOLS["scannet"].valid_mask(torch.tensor([[[1e-3, 2e-3, 9.9, 10.0]]]))
+    assert scannet.tolist() == [[[False, True, True, False]]]
+
+
+def test_protocol_names_agree_with_the_config():
+    import typing
+
+    from dad_ray.config import build_config
+    from dad_ray.config.schema import ProtocolName
+
+    assert set(typing.get_args(ProtocolName)) == set(PROTOCOLS) == set(PAPER_ORDER) | {"kitti_garg"}
+    for name in PROTOCOLS:
+        assert build_config(None, overrides={"eval.protocol": name}).eval.protocol == name
+
+
+def test_disparity_fit_leaves_out_nonpositive_predictions():
+    """A 'sky' of ReLU zeros must not move the fit: the other pixels are exactly affine in disparity, so they align
+    exactly, and the sky's pixels (still in the metrics) get s·0 + t."""
+    gt = torch.tensor([[[1.0, 2.0, 4.0, 5.0, 5.0]]])  # the last two pixels: far ground truth, prediction 0 (sky)
+    pred = torch.tensor([[[2.0, 1.0, 0.5, 0.0, 0.0]]])  # 2/gt on the first three → s = 0.5, t = 0
+    proto = EvalProtocol("t", 1e-3, 10.0)
+    depth = aligned_depth(pred, gt, proto.valid_mask(gt), proto, "disparity")
+    # s·0 + t = 0 → floored at 1/max_depth = 0.1 → depth 10 → clipped to max_depth 10
+    assert depth.tolist() == [[[1.0, 2.0, 4.0, 10.0, 10.0]]]
+    per, valid = evaluate_disparity(pred, gt, proto, "disparity")
+    assert valid.item() and per["abs_rel"].item() == pytest.approx((0 + 0 + 0 + 1.0 + 1.0) / 5)  # |10 − 5| / 5 twice
+    # with the zeros in the fit, the same three pixels would not align exactly (by hand: x = (2, 1, .5, 0, 0),
+    # y = (1, .5, .25, .2, .2): n = 5, Σx = 3.5, Σy = 2.15, Σx² = 5.25, Σxy = 2.625 → s = (5·2.625 − 3.5·2.15) /
+    # (5·5.25 − 3.5²) = 5.6 / 14 = 0.4, t = (2.15 − 0.4·3.5) / 5 = 0.15), which is what the filter prevents
+    s, t = fit_scale_shift(pred, 1.0 / gt, torch.ones_like(gt, dtype=torch.bool))
+    assert (s.item(), t.item()) == pytest.approx((0.4, 0.15))
+    # depth alignment keeps every valid pixel (Marigold's depth-space fit): an exact affine depth prediction with a
+    # negative value still aligns exactly
+    per_d, _ = evaluate_disparity(gt - 3.0, gt, proto, "depth")
+    assert per_d["abs_rel"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_evaluate_prediction_upsamples_like_predict_disparity():
+    """evaluate_prediction (training validation) = resize_prediction (align_corners=True) + evaluate_disparity."""
+    from dad_ray.data.resize import resize_prediction
+    from dad_ray.metrics import evaluate_prediction
+
+    low = torch.tensor([[[1.0, 3.0], [2.0, 4.0]]])
+    up = resize_prediction(low, (3, 3))
+    # align_corners=True keeps the corners and puts the midpoints exactly halfway
+    assert up.tolist() == [[[1.0, 2.0, 3.0], [1.5, 2.5, 3.5], [2.0, 3.0, 4.0]]]
+    gt = 1.0 / (0.5 * up.double() + 0.25)
+    per, valid = evaluate_prediction(low, gt, EvalProtocol("t", 1e-3, 10.0), "disparity")
+    assert valid.item() and per["abs_rel"].item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_evaluate_disparity_recovers_exact_depth():

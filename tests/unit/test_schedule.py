@@ -40,12 +40,44 @@ class _Toy(torch.nn.Module):
 
 
 def test_param_groups_by_name_encoder_lr_is_a_tenth():
-    cfg = OptimConfig(lr=1e-3, encoder_lr_mult=0.1, weight_decay=0.01)
+    cfg = OptimConfig(lr=1e-3, encoder_lr_mult=0.1, weight_decay=0.01, decay_exclude=True)
     groups = {g["name"]: g for g in param_groups(_Toy().named_parameters(), cfg)}
     assert set(groups) == {"encoder", "encoder/no_decay", "decoder", "decoder/no_decay"}
     assert groups["encoder"]["lr"] == pytest.approx(1e-4) and groups["decoder"]["lr"] == pytest.approx(1e-3)
     assert groups["encoder/no_decay"]["weight_decay"] == 0.0 and groups["decoder"]["weight_decay"] == 0.01
     assert len(groups["encoder/no_decay"]["params"]) == 2  # bias + pos_embed
+
+
+def test_weight_decay_on_every_parameter_by_default():
+    """The paper's / DAv2's AdamW: one decay for all parameters, biases, norms and the position embedding included."""
+    toy = _Toy()
+    cfg = OptimConfig(lr=1e-3, encoder_lr_mult=0.1, weight_decay=0.01)
+    assert cfg.decay_exclude is False
+    groups = {g["name"]: g for g in param_groups(toy.named_parameters(), cfg)}
+    assert set(groups) == {"encoder", "decoder"}
+    assert {g["weight_decay"] for g in groups.values()} == {0.01}
+    ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
+    assert ids["encoder"] == {id(toy.pretrained.weight), id(toy.pretrained.bias), id(toy.pretrained.pos_embed)}
+    assert ids["decoder"] == {id(toy.depth_head.weight), id(toy.depth_head.bias)}
+    opt, _ = build_optimizer(toy, cfg)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 5  # nothing left out
+
+
+def test_decay_exclude_decays_the_same_values_less():
+    """One AdamW step from the same state: with exclusion, a bias moves by the Adam update only; without it, the
+    bias also shrinks by lr * wd * value (decoupled decay), computed by hand."""
+    steps = {}
+    for exclude in (False, True):
+        torch.manual_seed(0)
+        toy = _Toy()
+        with torch.no_grad():
+            toy.depth_head.bias.fill_(2.0)
+        opt, _ = build_optimizer(toy, OptimConfig(lr=0.1, weight_decay=0.5, decay_exclude=exclude, max_steps=10))
+        toy.depth_head(torch.zeros(1, 4)).sum().backward()  # d bias = 1: Adam's first step moves it by -lr
+        opt.step()
+        steps[exclude] = toy.depth_head.bias.item()
+    assert steps[True] == pytest.approx(2.0 - 0.1, abs=1e-6)
+    assert steps[False] == pytest.approx(2.0 * (1 - 0.1 * 0.5) - 0.1, abs=1e-6)
 
 
 def test_scheduler_follows_lr_factor_for_every_group():

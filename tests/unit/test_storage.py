@@ -43,6 +43,7 @@ def test_journal_at_a_uri_continues_the_existing_one(tmp_path):
     first.close()
     second = Journal(uri, attempt_start=1, node_ids=["n2"])
     second.write(2, 0, 0.4)
+    second.flush()  # step lines are buffered until a flush (every log_every steps)
     second.sync()
     entries = read_journal(tmp_path / "run" / JOURNAL_FILE)
     assert [e.get("attempt_start", e.get("step")) for e in entries] == [0, 1, 1, 2]

@@ -270,3 +270,27 @@ def test_experiment_space_keeps_its_name_and_makes_paths_absolute(tmp_path, monk
     assert space.base.model.teachers[0].weights == str(tmp_path / "rel" / "t.pt")
     assert Path(space.base.train.output).is_absolute()
     assert space.source == data  # the written name is not part of the space
+
+
+def test_a_space_takes_another_base_preset_or_config_file(tmp_path):
+    """jobs/tune.py --preset / --base: the space's base is replaced, its overrides still apply, and the saved
+    source (space.yaml of the experiment, read by --resume) names the new base."""
+    from dad_ray.config import build_config, save_config
+
+    space = load_space("loss_weights", base_preset="smoke")
+    assert space.base.model.student == build_config("smoke").model.student
+    assert space.base.optim.max_steps == 300  # the space's override, on the new base
+    assert space.source["base_preset"] == "smoke" and "base_config" not in space.source
+    again = parse_space(dict(space.source), path="space.yaml")
+    assert again.base == space.base
+
+    gpu = load_space("loss_weights_gpu")
+    assert gpu.base.train.use_gpu and gpu.gpus_per_trial == 1 and gpu.base.data.synthetic.train_samples == 0
+
+    config = save_config(build_config("smoke", overrides={"optim.lr": 0.0123}), tmp_path / "mine.yaml")
+    own = load_space("loss_weights", base_config=str(config))
+    assert own.base.optim.lr == 0.0123 and own.source["base_config"] == str(config)
+    with pytest.raises(ConfigError, match="not both"):
+        load_space("loss_weights", base_preset="smoke", base_config=str(config))
+    with pytest.raises(ConfigError, match="base_preset"):
+        load_space("loss_weights", base_preset="no_such_preset")

@@ -294,3 +294,33 @@ def test_create_model_with_pretrained_weights_from_a_path_or_the_hub_cache(tmp_p
     _assert_same_model(create_model(source.model_name, pretrained="hf://org/student/model.safetensors"), source, x)
     with pytest.raises(HubFileNotCachedError, match="file 'other.safetensors' of the Hugging Face repo 'org/student'"):
         create_model(source.model_name, pretrained="hf://org/student/other.safetensors")
+
+
+def test_weights_on_a_storage_uri_are_fetched_once_per_version(tmp_path, source, x, monkeypatch):
+    """A file:// weights URI (the path any s3:// URI takes, through dad_ray.data.storage): the model name comes from
+    the header alone (a ranged read), load_weights fetches the file into the weights cache, a second load reuses it,
+    and a rewritten file (a new version) is fetched again."""
+    import os
+
+    from dad_ray.models import weights as weights_module
+
+    monkeypatch.setattr(weights_module, "weights_cache_dir", lambda: tmp_path / "cache")
+    path = save_weights(source, tmp_path / "remote" / "student.safetensors")
+    uri = path.as_uri()
+    assert infer_model_name(uri) == NAME and not (tmp_path / "cache").exists()  # header only: nothing fetched
+    loaded = create_model(NAME).eval()
+    assert load_weights(loaded, uri).loaded == len(source.state_dict())
+    _assert_same_model(source, loaded, x)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    load_weights(create_model(NAME), uri)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the same version: reused
+    save_weights(_random(1), path)
+    os.utime(path, ns=(1, 10**18))  # a different modification time even within the clock's resolution
+    load_weights(create_model(NAME), uri)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_weights(create_model(NAME), (tmp_path / "missing.safetensors").as_uri())
+    # the experiment's check of teacher / student weights accepts the URI (and still refuses a missing one)
+    from dad_ray.models.hub import weights_available
+
+    assert weights_available(uri) and not weights_available((tmp_path / "missing.safetensors").as_uri())

@@ -1,11 +1,22 @@
 """The worker's pieces that run without Ray: the checkpointed unit and the data-wait timer."""
 
+import json
+
+import pytest
 import torch
 
 import dad_ray.train.worker as worker
 from dad_ray.config import OptimConfig, build_config
 from dad_ray.models import create_model
-from dad_ray.train.checkpoint import STATE_FILE, Checkpointed, TrainState, load_checkpoint
+from dad_ray.train.checkpoint import (
+    DATA_POSITION_FILE,
+    STATE_FILE,
+    Checkpointed,
+    TrainState,
+    check_data_position,
+    latest_data_position,
+    load_checkpoint,
+)
 from dad_ray.train.schedule import build_optimizer
 from dad_ray.train.task import StudentTask
 from dad_ray.train.worker import timed
@@ -36,12 +47,15 @@ def test_checkpointed_saves_and_restores_one_unit_in_the_checkpoint_format(tmp_p
     saved = _parts(0, {"teachers": draws})
     draws.generator.manual_seed(11)  # the state at save time is what comes back
     expected_draw = torch.rand(1, generator=torch.Generator().set_state(draws.generator.get_state()))
-    state = TrainState(step=3, epoch=1, val_round=2, best_abs_rel=0.25)
+    state = TrainState(step=3, epoch=1, epoch_batches=5, val_round=2, best_abs_rel=0.25)
     saved.save(tmp_path, rank=0, state=state, cfg=build_config("smoke"))
 
     # the plain functions read what the unit wrote: the on-disk format is save_checkpoint's
     blob = torch.load(tmp_path / STATE_FILE, weights_only=True)
-    assert set(blob) == {"optimizer", "scheduler", "modules", "step", "epoch", "val_round", "best_abs_rel", "extra"}
+    assert set(blob) == {
+        "optimizer", "scheduler", "modules", "step", "epoch", "epoch_batches", "val_round", "best_abs_rel", "extra",
+    }  # fmt: skip
+    assert json.loads((tmp_path / DATA_POSITION_FILE).read_text()) == {"step": 3, "epoch": 1, "epoch_batches": 5}
     assert set(blob["modules"]) == {"feat_proj"} and set(blob["extra"]) == {"teachers"}
 
     restored_draws = Draws(99)
@@ -88,3 +102,22 @@ def test_timed_counts_only_the_wait_for_each_item(monkeypatch):
         clock[0] += 10.0  # the consumer's work on an item is not waiting for data
     assert out == [(0, 1.0), (1, 2.0), (2, 3.0)]
     assert list(timed([])) == []
+
+
+def test_the_newest_checkpoints_data_position_is_what_a_resumed_run_builds_its_data_for(tmp_path):
+    """Ray Train's dataset factory reads the newest checkpoint's data position (directory names sort by step); a
+    worker resumed from another checkpoint refuses to go on with data built for the wrong epoch."""
+    runs = tmp_path / "checkpoints"
+    assert latest_data_position(str(runs)) is None  # no run yet: epoch 0
+    check_data_position(TrainState(), str(runs))
+    for step, epoch, taken in ((6, 0, 6), (16, 1, 4), (12, 1, 0)):
+        (runs / f"checkpoint_step{step:07d}").mkdir(parents=True)
+        position = {"step": step, "epoch": epoch, "epoch_batches": taken}
+        (runs / f"checkpoint_step{step:07d}" / DATA_POSITION_FILE).write_text(json.dumps(position))
+    (runs / "checkpoint_step0000020").mkdir()  # an upload cut short: no data position, not a checkpoint to use
+    (runs / ".validate_storage_marker").write_text("")
+    assert latest_data_position(str(runs)) == {"step": 16, "epoch": 1, "epoch_batches": 4}
+    assert latest_data_position(f"file://{runs}") == {"step": 16, "epoch": 1, "epoch_batches": 4}
+    check_data_position(TrainState(step=16, epoch=1, epoch_batches=4), str(runs))
+    with pytest.raises(RuntimeError, match=r"step 6 \(epoch 0\).*built for epoch 1"):
+        check_data_position(TrainState(step=6, epoch=0, epoch_batches=6), str(runs))

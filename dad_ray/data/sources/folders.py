@@ -1,5 +1,6 @@
-"""The folder layout ``ROOT/{train,test}/{rgb,depth}/``: RGB as PNG/JPEG, depth with the same stem as a 16-bit PNG
-in millimetres (0 = missing) or a ``.npy`` in metres. ``split`` "all" takes train and test."""
+"""The folder layout ``ROOT/{train,test}/{rgb,depth}/``: RGB as PNG/JPEG (stored as the original bytes), depth with
+the same stem as a 16-bit PNG in millimetres (NYU's convention; 0 = missing) or a ``.npy`` in metres. ``split``
+"all" takes train and test. Depth PNGs in another unit (KITTI's metres x 256) belong to ``--format kitti``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dad_ray.data.codec import read_depth_npy, read_depth_png, read_image_file
+from dad_ray.data.codec import ImageFile, read_depth_npy, read_depth_png, read_image_bytes
 from dad_ray.data.errors import DataError
 
 RGB_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -37,6 +38,8 @@ def _stems(directory: str, extensions: tuple[str, ...]) -> dict[str, str]:
 class FolderSource:
     root: str
     split: str = "train"
+    has_depth = True
+    dataset = None
 
     @property
     def description(self) -> dict:
@@ -57,7 +60,7 @@ class FolderSource:
                 refs.append(f"{split}/{rgb.get(stem, '')}|{depth.get(stem, '')}")
         return refs
 
-    def load(self, ref: str) -> tuple[str, np.ndarray, np.ndarray]:
+    def load(self, ref: str) -> tuple[str, ImageFile, np.ndarray]:
         split, pair = ref.split("/", 1)
         rgb_name, depth_name = pair.split("|")
         rgb_path = os.path.join(self.root, split, "rgb", rgb_name)
@@ -66,7 +69,7 @@ class FolderSource:
             raise DataError(f"{rgb_path}: missing partner depth file (no {split}/depth/<same name>.png or .npy)")
         if not rgb_name:
             raise DataError(f"{depth_path}: missing partner RGB file (no {split}/rgb/<same name>.png or .jpg)")
-        image = read_image_file(rgb_path)
+        image = read_image_bytes(rgb_path)
         depth = read_depth_npy(depth_path) if depth_name.endswith(".npy") else read_depth_png(depth_path, 1000.0)
         return f"{split}/{os.path.splitext(rgb_name)[0]}", image, depth
 

@@ -51,6 +51,8 @@ def _open(path: str) -> h5py.File:
 class NyuMatSource:
     path: str
     split: str = "train"
+    has_depth = True
+    dataset = "nyu"
 
     def __post_init__(self) -> None:
         f = _open(self.path)

@@ -1,7 +1,8 @@
 """The "sync" layout (BTS / Eigen NYU training set): ``<scene>/rgb_XXXXX.jpg`` + ``<scene>/sync_depth_XXXXX.png``
 (uint16, depth x 1000), listed in a filenames text file whose lines are ``rgb_path depth_path [focal]`` relative to
 the root (BTS style, a leading '/' allowed). Without a list, every ``rgb_*.jpg`` under the root is taken with the
-``sync_depth_*.png`` beside it."""
+``sync_depth_*.png`` beside it. RGB files are stored as their original bytes. A list that looks like KITTI's (a
+``None`` depth, or ``proj_depth`` paths: depth x 256, not x 1000) is refused: read it with ``--format kitti``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dad_ray.data.codec import read_depth_png, read_image_file
+from dad_ray.data.codec import ImageFile, read_depth_png, read_image_bytes
 from dad_ray.data.errors import DataError
 
 
@@ -32,7 +33,12 @@ def _read_list(path: str) -> list[str]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) < 2 or parts[1] == "None":
+        if len(parts) >= 2 and (parts[1] == "None" or "proj_depth" in parts[1]):
+            raise DataError(
+                f"{path}:{number}: looks like a KITTI list (depth {parts[1]!r}; KITTI PNGs store metres x 256, not the "
+                "sync layout's millimetres): use --format kitti"
+            )
+        if len(parts) < 2:
             raise DataError(f"{path}:{number}: expected 'rgb_path depth_path [focal]', got {line!r}")
         refs.append(f"{parts[0].lstrip('/')}|{parts[1].lstrip('/')}")
     if not refs:
@@ -44,6 +50,8 @@ def _read_list(path: str) -> list[str]:
 class SyncSource:
     root: str
     filenames: str | None = None
+    has_depth = True
+    dataset = None
 
     @property
     def description(self) -> dict:
@@ -67,14 +75,14 @@ class SyncSource:
                     )
         return refs
 
-    def load(self, ref: str) -> tuple[str, np.ndarray, np.ndarray]:
+    def load(self, ref: str) -> tuple[str, ImageFile, np.ndarray]:
         rgb_rel, depth_rel = ref.split("|")
         rgb_path, depth_path = os.path.join(self.root, rgb_rel), os.path.join(self.root, depth_rel)
         if not os.path.isfile(rgb_path):
             raise DataError(f"{rgb_path}: missing RGB file (listed with {depth_rel})")
         if not os.path.isfile(depth_path):
             raise DataError(f"{depth_path}: missing partner depth file of {rgb_rel}")
-        image = read_image_file(rgb_path)
+        image = read_image_bytes(rgb_path)
         depth = read_depth_png(depth_path, 1000.0)
         return os.path.splitext(rgb_rel)[0], image, depth
 

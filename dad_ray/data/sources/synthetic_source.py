@@ -22,6 +22,8 @@ class SyntheticSource:
     height: int = 480
     width: int = 640
     seed: int = 0
+    has_depth = True
+    dataset = None
 
     @property
     def description(self) -> dict:
