@@ -8,9 +8,10 @@ from dataclasses import replace
 from dad_ray.config.schema import ExperimentConfig
 
 
-def is_uri(path: str) -> bool:
-    """A pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``…) rather than a local path."""
-    return "://" in path
+def is_uri(path: str | os.PathLike) -> bool:
+    """A pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``…) rather than a local path (a ``pathlib.Path``
+    is always local)."""
+    return isinstance(path, str) and "://" in path
 
 
 def absolute_path(path: str) -> str:

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 from dad_ray.config.paths import is_uri
 
 
-def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for a local path or a URI (``pyarrow.fs.FileSystem.from_uri``)."""
     if is_uri(path):
         fs, inner = pafs.FileSystem.from_uri(path)
@@ -37,12 +37,13 @@ def split_query(uri: str) -> tuple[str, str]:
     return base, sep + query
 
 
-def join(path: str, *parts: str) -> str:
-    """Join with '/' (URIs: before the query, which is kept) or the OS separator (local paths)."""
+def join(path: str | os.PathLike, *parts: str) -> str:
+    """Join with '/' (URIs: before the query, which is kept) or the OS separator (local paths, ``pathlib.Path``
+    included)."""
     if is_uri(path):
         base, query = split_query(path)
         return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + query
-    return os.path.join(path, *parts)
+    return os.path.join(os.fspath(path), *parts)
 
 
 def parent(path: str) -> str:

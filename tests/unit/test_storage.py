@@ -49,3 +49,13 @@ def test_journal_at_a_uri_continues_the_existing_one(tmp_path):
     assert [e.get("attempt_start", e.get("step")) for e in entries] == [0, 1, 1, 2]
     assert entries[2]["node_ids"] == ["n2"]
     second.close()
+
+
+def test_path_helpers_take_pathlib_paths(tmp_path):
+    """A ``pathlib.Path`` is a local path to every helper (the CI of stop 19 failed on ``"://" in Path``)."""
+    (tmp_path / "r.json").write_text("{}\n")
+    assert storage.join(tmp_path, "r.json") == str(tmp_path / "r.json")
+    assert storage.is_file(tmp_path / "r.json")
+    assert storage.read_path(tmp_path / "r.json") == b"{}\n"
+    fs, inner = storage.resolve(tmp_path)
+    assert inner == str(tmp_path)
