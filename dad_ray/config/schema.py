@@ -133,11 +133,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """A frozen teacher: registry name, weights file, and its probability under multi-teacher 'select'."""
+    """A frozen teacher: registry name, weights file, and its probability under multi-teacher 'select'.
+
+    ``column`` non-empty: a *precomputed* teacher — its pseudo-labels are a column of the training shards (made by
+    ``jobs/predict.py`` or attached from an external model's outputs), not a model run during training; ``name``
+    then only labels it in logs and journals, ``weights`` must be empty. Whatever the source, the training step
+    reads a teacher's pseudo-labels from the batch columns ``teacher{i}_crop`` / ``teacher{i}_local`` (and
+    ``teacher{i}_feat``) when the batch carries them (precomputed teachers, or live teachers run in the data
+    pipeline: ``model.teacher_placement: data``), else runs the live model (see :mod:`dad_ray.train.task`).
+    """
 
     name: str = "dav2_vitl"
     weights: str = ""  # official .pth / .safetensors; "" only allowed when bootstrap trains it
     probability: float = 1.0
+    column: str = ""  # precomputed teacher: the shard column holding its pseudo-labels ("" = a live model)
 
     def __post_init__(self) -> None:
         check(self.probability > 0.0, "model.teachers.probability", f"must be > 0, got {self.probability}")

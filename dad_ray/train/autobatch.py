@@ -58,7 +58,9 @@ def probe_fits(
     the teacher draw untouched (it iterates over the teachers instead of drawing).
     """
     use_feat = bool(getattr(task, "use_feat", False))  # the StudentTask knows whether L_feat is on
-    indices = range(len(teachers.models)) if teachers is not None else [0]
+    # the live teachers (one whose labels the batch carries costs this worker nothing but the columns' memory)
+    indices = [i for i, m in enumerate(teachers.models) if m is not None] if teachers is not None else [0]
+    indices = indices or [0]
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def fits(b: int) -> bool:

@@ -212,7 +212,8 @@ class TrainStep:
         self._micro = 0  # micro-batches done (the accumulation phase)
         self.timer.attach(getattr(model, "module", model), "student_forward")
         for teacher in teachers.models if teachers is not None else []:
-            self.timer.attach(teacher, "teacher")
+            if teacher is not None:  # None: labels carried by the batch (nothing runs here)
+                self.timer.attach(teacher, "teacher")
 
     def micro(self, batch: dict[str, torch.Tensor]) -> MicroStep:
         """Forward and backward of one micro-batch; its first micro-batch draws the optimizer step's teacher."""

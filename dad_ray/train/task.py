@@ -18,7 +18,7 @@ from torch import nn
 
 from dad_ray.config import ExperimentConfig, ModelConfig, TeacherConfig
 from dad_ray.losses import distill_losses, resample_tokens, supervised_losses
-from dad_ray.models import create_model, load_weights
+from dad_ray.models import create_model, is_model, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +141,21 @@ class TeacherPool:
         seed: int,
         dtype: torch.dtype = torch.float32,
         compile_models: bool = False,
+        live: Sequence[bool] | None = None,
     ) -> None:
         self.configs = tuple(teachers)
         self.dtype = dtype
-        self.models: list[nn.Module] = []
-        for t in teachers:
+        self.live = tuple(live) if live is not None else tuple(not t.column for t in teachers)
+        # models[i]: the loaded model of a live teacher, None for one whose labels arrive as batch columns
+        self.models: list[nn.Module | None] = []
+        # layouts[i]: a weightless (meta-device) instance of a registry teacher that is not loaded here — its width
+        # and token grid, which L_feat needs — or None for an external precomputed teacher (no features)
+        self.layouts: list[nn.Module | None] = []
+        for t, is_live in zip(teachers, self.live):
+            if not is_live:
+                self.models.append(None)
+                self.layouts.append(_layout_model(t))
+                continue
             model = create_model(t.name)
             report = load_weights(model, t.weights)
             logger.info("teacher %s loaded from %s (%s), stored as %s", t.name, t.weights, report, dtype)
@@ -153,12 +163,25 @@ class TeacherPool:
             if compile_models:
                 model.compile()  # in place: the module (and its state_dict keys) stay as they are
             self.models.append(model)
+            self.layouts.append(model)
         self.probs = torch.tensor([t.probability for t in teachers], dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
     def dims(self) -> list[int]:
-        return [m.embed_dim for m in self.models]
+        """Feature width of each teacher that has features (live or run in the data stage); teachers without any
+        (external precomputed columns) are left out."""
+        return [m.embed_dim for m in self.layouts if m is not None]
+
+    def dim(self, index: int) -> int | None:
+        """Teacher ``index``'s feature width, None when it has no features."""
+        layout = self.layouts[index]
+        return layout.embed_dim if layout is not None else None
+
+    def token_grid(self, index: int, height: int, width: int) -> tuple[int, int] | None:
+        """Teacher ``index``'s token grid for an H x W input (:func:`token_layout`), None without features."""
+        layout = self.layouts[index]
+        return token_layout(layout, height, width)[0] if layout is not None else None
 
     def draw(self) -> int:
         """Index of this step's teacher (always 0 for a single teacher; the draw is still consumed for determinism).
@@ -175,6 +198,11 @@ class TeacherPool:
         are fresh float32 tensors made outside inference mode, so the losses may save them for backward.
         """
         model = self.models[index]
+        if model is None:
+            raise RuntimeError(
+                f"teacher {index} ({self.configs[index].name}) is not loaded on this worker and the batch carries no "
+                f"teacher{index}_crop column: its pseudo-labels must come from the data pipeline"
+            )
         b = crop.shape[0]
         with torch.inference_mode(), self._autocast(crop.device):
             if local is not None and local.shape[-2:] == crop.shape[-2:]:
@@ -198,6 +226,41 @@ class TeacherPool:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+def _layout_model(teacher: TeacherConfig) -> nn.Module | None:
+    """A weightless instance (meta device, no memory) of a registry teacher, None for an external column."""
+    if teacher.column and not is_model(teacher.name):
+        return None
+    with torch.device("meta"):
+        return create_model(teacher.name)
+
+
+def batch_teacher(
+    batch: dict[str, torch.Tensor], index: int, use_lg: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None] | None:
+    """Teacher ``index``'s pseudo-labels carried by the batch, or None when it carries none (a live teacher).
+
+    Columns (B leading): ``teacher{i}_crop`` (B, C, C) disparity on the shared-context crop; ``teacher{i}_local``
+    (B, N, P, P) on the local patches (needed when the local-global loss is on); optional ``teacher{i}_feat``
+    (B, N_tok, D) last-layer tokens on the crop; optional bool ``teacher{i}_crop_mask`` / ``teacher{i}_local_mask``
+    (default: every pixel valid). Any float dtype (float16 / bfloat16 in transport); returned as float32.
+    Returns (crop, feat or None, local or None, crop mask, local mask or None)."""
+    prefix = f"teacher{index}_"
+    if prefix + "crop" not in batch:
+        return None
+    crop = batch[prefix + "crop"].float()
+    local = batch[prefix + "local"].float() if use_lg else None
+    if use_lg and local is None:
+        raise KeyError(f"the batch carries {prefix}crop but not {prefix}local, which the local-global loss needs")
+    feat = batch[prefix + "feat"].float() if prefix + "feat" in batch else None
+    crop_mask = batch.get(prefix + "crop_mask")
+    crop_mask = crop_mask.bool() if crop_mask is not None else torch.ones_like(crop, dtype=torch.bool)
+    local_mask = None
+    if local is not None:
+        local_mask = batch.get(prefix + "local_mask")
+        local_mask = local_mask.bool() if local_mask is not None else torch.ones_like(local, dtype=torch.bool)
+    return crop, feat, local, crop_mask, local_mask
 
 
 def _fresh(t: torch.Tensor) -> torch.Tensor:
@@ -240,26 +303,40 @@ def compute_losses(
         return supervised_losses(out["crop"], batch["crop_depth"], batch["crop_mask"], cfg.loss), out, None
     use_lg = cfg.loss.lambda_lg > 0
     t_idx = teacher_index
-    teacher = teachers.models[t_idx]
-    # float32 (B, C, C), (B, N_tok, D), (B, N, P, P) or None: crop and patches in one pass when their sizes match
-    t_crop, t_feat, t_local = teachers.predict(t_idx, batch["crop_image"], batch["local_images"] if use_lg else None)
+    carried = batch_teacher(batch, t_idx, use_lg)
+    if carried is None:  # a live teacher on this worker: crop and patches in one pass when their sizes match
+        t_crop, t_feat, t_local = teachers.predict(
+            t_idx, batch["crop_image"], batch["local_images"] if use_lg else None
+        )
+        m_crop = torch.ones_like(t_crop, dtype=torch.bool)  # pseudo-labels are dense
+        m_local = torch.ones_like(t_local, dtype=torch.bool) if t_local is not None else None
+    else:  # made before the step: a precomputed column or the data pipeline's teacher stage
+        t_crop, t_feat, t_local, m_crop, m_local = carried
     crop_hw = batch["crop_image"].shape[-2:]
+    # L_feat on this step: the "initial" target needs nothing of the teacher; the "teacher" target needs its tokens
+    initial = getattr(getattr(model, "module", model), "initial", None) is not None
+    feat_now = use_feat and (initial or t_feat is not None)
+    if use_feat and not feat_now:
+        raise ValueError(
+            f"teacher {t_idx} ({teachers.configs[t_idx].name}) brings no features but loss.feat_target is "
+            "'teacher': use loss.feat_target=initial or loss.lambda_feat=0 with precomputed teachers"
+        )
     out = model(
         batch["crop_image"],
         batch["global_image"] if use_lg else None,
-        teachers.dims[t_idx] if use_feat else None,
-        token_layout(teacher, *crop_hw)[0] if use_feat else None,
+        (teachers.dim(t_idx) or 0) if feat_now else None,
+        teachers.token_grid(t_idx, *crop_hw) if feat_now else None,
     )
     parts = distill_losses(
         student_crop=out["crop"],
         teacher_crop=t_crop.float(),
-        mask_crop=torch.ones_like(t_crop, dtype=torch.bool),  # pseudo-labels are dense
+        mask_crop=m_crop,
         student_global=out.get("global"),
         teacher_local=t_local,
         boxes=batch["local_boxes"] if use_lg else None,
-        mask_local=torch.ones_like(t_local, dtype=torch.bool) if t_local is not None else None,
+        mask_local=m_local,
         feat_student=out.get("features"),
-        feat_teacher=out.get("feat_target", t_feat.float()) if use_feat else None,
+        feat_teacher=out.get("feat_target", t_feat.float() if t_feat is not None else None) if feat_now else None,
         cfg=cfg.loss,
     )
     return parts, out, t_crop

@@ -153,6 +153,12 @@ def test_compute_losses_uses_the_initial_target():
         dims = [192]
         models = [create_model("dav2_micro")]
 
+        def dim(self, index):
+            return 192
+
+        def token_grid(self, index, height, width):
+            return (height // 14, width // 14)
+
         def predict(self, index, crop, local=None):
             b, _, c, _ = crop.shape
             return torch.rand(b, c, c) + 0.1, torch.randn(b, (c // 14) ** 2, 192), None

@@ -75,6 +75,7 @@ def test_config_changes_nested_keys_teachers_and_allowed_keys():
         "model.teachers.1.name": (ABSENT, "dav2_tiny"),
         "model.teachers.1.weights": (ABSENT, "t1.safetensors"),
         "model.teachers.1.probability": (ABSENT, 0.5),
+        "model.teachers.1.column": (ABSENT, ""),
         "loss.lambda_lg": (0.5, 0.25),
     }
     assert config_changes(new, old)["model.teachers.1.name"] == ("dav2_tiny", ABSENT)  # a teacher removed
