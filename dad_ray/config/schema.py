@@ -150,6 +150,13 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check(self.probability > 0.0, "model.teachers.probability", f"must be > 0, got {self.probability}")
+        if self.column:
+            check(
+                not self.weights,
+                "model.teachers.weights",
+                f"a precomputed teacher (column {self.column!r}) runs no model: leave weights empty, "
+                f"got {self.weights!r}",
+            )
 
 
 @dataclass(frozen=True)

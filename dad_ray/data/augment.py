@@ -161,16 +161,64 @@ def _views(src: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torc
     return src[:, :3], depth, valid
 
 
+def _teacher_channels(maps: list[np.ndarray]) -> torch.Tensor:
+    """(H, W) maps, NaN invalid -> (2 * len(maps), H, W): [value * valid, valid] per map."""
+    extra = []
+    for m in maps:
+        t = torch.from_numpy(np.asarray(m, dtype=np.float32))
+        valid = torch.isfinite(t).float()
+        extra += [torch.nan_to_num(t, nan=0.0) * valid, valid]
+    return torch.stack(extra)
+
+
+def _teacher_views(
+    crop_src: torch.Tensor, patches: torch.Tensor, order: list[int], spec: AugmentSpec
+) -> dict[str, torch.Tensor]:
+    """The precomputed teachers' channels (5 + 2n, 6 + 2n for the n-th index of ``order``) of the crop source
+    (1, K, ch, cw) and the patch sources (N, K, s, s) → ``teacher{i}_crop`` (C, C), ``_crop_mask``, ``_local``
+    (N, P, P), ``_local_mask``."""
+    out = {}
+    for n, i in enumerate(order):
+        pair = slice(5 + 2 * n, 7 + 2 * n)
+        crop, crop_valid = _masked_view(crop_src[:, pair], (spec.crop_size,) * 2)
+        out[f"teacher{i}_crop"], out[f"teacher{i}_crop_mask"] = crop[0], crop_valid[0]
+        local, local_valid = _masked_view(patches[:, pair], (spec.local_patch_size,) * 2)
+        out[f"teacher{i}_local"], out[f"teacher{i}_local_mask"] = local, local_valid
+    return out
+
+
+def _masked_view(pair: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2, h, w) stacks of [value * valid, valid] -> resized (value (N, H, W), valid (N, H, W)) by the rule of
+    :func:`resize_depth` (the same interpolation as the image and depth views of :func:`_views`)."""
+    if tuple(pair.shape[-2:]) != tuple(size):
+        pair = F.interpolate(pair, size=size, mode="bilinear", align_corners=False, antialias=True)
+    weight = pair[:, 1]
+    valid = weight > 0.5
+    return torch.where(valid, pair[:, 0] / weight.clamp_min(1e-6), torch.zeros_like(weight)), valid
+
+
 IMAGE_COLUMNS = ("crop_image", "global_image", "local_images")
 
 
 def augment_sample(
-    image: np.ndarray, depth: np.ndarray, spec: AugmentSpec, rng: np.random.Generator, *, uint8_images: bool = False
+    image: np.ndarray,
+    depth: np.ndarray,
+    spec: AugmentSpec,
+    rng: np.random.Generator,
+    *,
+    uint8_images: bool = False,
+    teachers: dict[int, np.ndarray] | None = None,
 ) -> dict:
     """One training row (fixed shapes; see :func:`dad_ray.data.pipeline.train_dataset`).
 
     Images are float32 ImageNet-normalised, or with ``uint8_images`` the same [0, 1] values rounded to uint8 (the
     pipeline's 4x smaller transport format; :func:`normalize_uint8` finishes the job on the consumer).
+
+    ``teachers``: precomputed teacher maps by teacher index, (H, W) float32 disparity with NaN where invalid
+    (:mod:`dad_ray.data.teacher_columns`). Each is flipped, cropped and resized with the depth: the same source
+    boxes, the same interpolation, the same rule that never blends valid with invalid pixels; the row then carries
+    ``teacher{i}_crop`` (C, C), ``teacher{i}_crop_mask``, ``teacher{i}_local`` (N, P, P), ``teacher{i}_local_mask``.
+    The random draws are the same with or without them.
     """
     h, w = depth.shape
     # All random draws first, in a fixed order (flip, crop side, crop position, jitter): switching jitter on or
@@ -187,29 +235,37 @@ def augment_sample(
         img = _jitter(img, factors)
     mask = (dep > 0).float()
     src = torch.cat([img, (dep * mask)[None], mask[None]])  # (5, H, W): every geometric op moves all five together
+    order = sorted(teachers or {})
+    if order:  # two more channels per precomputed teacher: value * valid, valid (resized as depth and mask are)
+        src = torch.cat([src, _teacher_channels([teachers[i] for i in order])])
     if flip:
         src = src.flip(-1)
 
     ch, cw = (side, side) if spec.random_crop else (h, w)  # the shared-context region (the whole image if no crop)
     y0, x0 = (y0, x0) if spec.random_crop else (0, 0)
-    crop_img, crop_dep, crop_mask = _views(src[None, :, y0 : y0 + ch, x0 : x0 + cw], (spec.crop_size,) * 2)
-    glob_img, glob_dep, glob_mask = _views(src[None], tuple(spec.global_size))
+    crop_src = src[None, :, y0 : y0 + ch, x0 : x0 + cw]
+    crop_img, crop_dep, crop_mask = _views(crop_src[:, :5], (spec.crop_size,) * 2)
+    glob_img, glob_dep, glob_mask = _views(src[None, :5], tuple(spec.global_size))
     boxes = local_patch_boxes(h, w, (y0, x0, y0 + ch, x0 + cw), spec)  # all the same square side
     patches = torch.stack([src[:, by0:by1, bx0:bx1] for by0, bx0, by1, bx1 in boxes.tolist()])
-    loc_img, loc_dep, loc_mask = _views(patches, (spec.local_patch_size,) * 2)
+    loc_img, loc_dep, loc_mask = _views(patches[:, :5], (spec.local_patch_size,) * 2)
     scale = np.array([h, w, h, w], dtype=np.float32)
     finish = _to_uint8 if uint8_images else normalize
+    carried = _teacher_views(crop_src, patches, order, spec)
     return {
-        "crop_image": finish(crop_img[0]).numpy(),
-        "crop_depth": crop_dep[0].numpy(),
-        "crop_mask": crop_mask[0].numpy(),
-        "global_image": finish(glob_img[0]).numpy(),
-        "global_depth": glob_dep[0].numpy(),
-        "global_mask": glob_mask[0].numpy(),
-        "local_images": finish(loc_img).numpy(),
-        "local_depth": loc_dep.numpy(),
-        "local_mask": loc_mask.numpy(),
-        "local_boxes": boxes.astype(np.float32) / scale,
+        **{k: v.numpy() for k, v in carried.items()},
+        **{
+            "crop_image": finish(crop_img[0]).numpy(),
+            "crop_depth": crop_dep[0].numpy(),
+            "crop_mask": crop_mask[0].numpy(),
+            "global_image": finish(glob_img[0]).numpy(),
+            "global_depth": glob_dep[0].numpy(),
+            "global_mask": glob_mask[0].numpy(),
+            "local_images": finish(loc_img).numpy(),
+            "local_depth": loc_dep.numpy(),
+            "local_mask": loc_mask.numpy(),
+            "local_boxes": boxes.astype(np.float32) / scale,
+        },
     }
 
 

@@ -31,6 +31,7 @@ from dad_ray.data.codec import decode_depth, decode_image
 from dad_ray.data.errors import DataError
 from dad_ray.data.manifest import has_depth
 from dad_ray.data.shards import read_row_group, row_groups, shard_files
+from dad_ray.data.teacher_columns import column_name, decode_map
 from dad_ray.runtime import data_execution_index, relax_data_reservations, start_data_execution_index
 
 logger = logging.getLogger(__name__)
@@ -107,10 +108,16 @@ def _row_depth(rows: dict[str, list], i: int, name: str) -> np.ndarray:
 
 
 def _train_units(
-    batch: dict[str, np.ndarray], spec: AugmentSpec, seed: int, fs: Any, mixture: Mixture | None = None
+    batch: dict[str, np.ndarray],
+    spec: AugmentSpec,
+    seed: int,
+    fs: Any,
+    mixture: Mixture | None = None,
+    teacher_columns: tuple[tuple[int, str], ...] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read, decode and augment the row groups in ``batch`` (or, with a ``mixture``, the units its slots draw this
-    epoch); yield batches of :data:`MAP_BATCH` rows."""
+    epoch); yield batches of :data:`MAP_BATCH` rows. ``teacher_columns``: (teacher index, precomputed teacher
+    name) pairs whose shard columns are read and augmented with the image (``teacher{i}_*`` columns)."""
     import torch
 
     torch.set_num_threads(1)  # one process per task slot; intra-op threads only oversubscribe the cores
@@ -121,16 +128,20 @@ def _train_units(
         pairs = [(u["path"], u["row_group"], mixture.filesystems[u["source"]]) for u in units]
     else:
         pairs = [(p, g, fs) for p, g in zip(batch["path"], batch["row_group"])]
+    extra = tuple(column_name(name) for _, name in teacher_columns)
     for path, group, unit_fs in pairs:
-        rows = read_row_group(unit_fs, str(path), int(group))
+        rows = read_row_group(unit_fs, str(path), int(group), extra)
         for start in range(0, len(rows["key"]), MAP_BATCH):
             out = []
             for i in range(start, min(start + MAP_BATCH, len(rows["key"]))):
                 key = rows["key"][i]
                 image = decode_image(rows["image"][i], f"{path} row {key}")
                 depth = _row_depth(rows, i, f"{path} row {key}")
-                out.append(augment_sample(image, depth, spec, sample_rng(seed, epoch, key), uint8_images=True))
-            result = {name: np.stack([r[name] for r in out]) for name in TRAIN_COLUMNS}
+                h, w = rows["height"][i], rows["width"][i]
+                maps = {t: decode_map(rows[c][i], h, w, f"{path} row {key}") for (t, _), c in zip(teacher_columns, extra)}
+                rng = sample_rng(seed, epoch, key)
+                out.append(augment_sample(image, depth, spec, rng, uint8_images=True, teachers=maps or None))
+            result = {name: np.stack([r[name] for r in out]) for name in out[0] if name != "index"}
             result["index"] = np.asarray(rows["index"][start : start + len(out)], dtype=np.int64)
             yield result
 
@@ -192,12 +203,16 @@ def _units_dataset(units: list[dict[str, Any]]):
     )
 
 
-def train_dataset(cfg, split: str | None = None, *, seed: int = 0, first_epoch: int = 0):
+def train_dataset(
+    cfg, split: str | None = None, *, seed: int = 0, first_epoch: int = 0, teacher_columns: tuple = ()
+):
     """The training ``ray.data.Dataset`` of ``cfg.root/<split>``, or without ``split`` of ``cfg.training_sources``
     (``data.train_sources`` mixed by weight, see :class:`Mixture`; else ``cfg.root/cfg.train_split``); see the
     module docstring. Depth-less (unlabeled) rows carry all-zero depth and all-False masks.
     Its first execution is epoch ``first_epoch`` (a run resumed at that epoch: same block order and augmentations
-    as the uninterrupted run's).
+    as the uninterrupted run's). ``teacher_columns``: (teacher index, name) of the precomputed teachers, whose
+    shard columns are augmented with the image into ``teacher{i}_crop`` / ``_crop_mask`` / ``_local`` /
+    ``_local_mask`` (see :func:`~dad_ray.data.augment.augment_sample`).
 
     What the trainer sees are :func:`train_batches`' batches (B leading): ``crop_image`` float32 (B, 3, C, C)
     ImageNet-normalised, ``crop_depth`` float32 (B, C, C) metres (0 invalid), ``crop_mask`` bool (B, C, C);
@@ -218,6 +233,7 @@ def train_dataset(cfg, split: str | None = None, *, seed: int = 0, first_epoch: 
     configure_data_context(cfg)
     sources = [(src.root, src.split, src.weight) for src in cfg.training_sources] if split is None else []
     kwargs: dict[str, Any] = {"spec": AugmentSpec.from_config(cfg), "seed": seed, "fs": None}
+    kwargs["teacher_columns"] = tuple((int(i), str(name)) for i, name in teacher_columns)
     if len(sources) > 1:
         kwargs["mixture"] = mixture = Mixture.build([(*shard_files(r, s), w) for r, s, w in sources])
         slots = [{"slot": i} for i in range(mixture.num_slots)]

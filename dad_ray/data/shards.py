@@ -91,16 +91,20 @@ def row_groups(manifest: dict, files: list[str]) -> list[dict[str, Any]]:
     return units
 
 
-def read_row_group(fs, path: str, row_group: int) -> dict[str, list]:
+def read_row_group(fs, path: str, row_group: int, extra: tuple[str, ...] = ()) -> dict[str, list]:
     """One row group of a shard: ``index``, ``key``, ``height``, ``width`` as Python lists, ``image`` and ``depth``
-    as zero-copy ``pyarrow.Buffer`` views (``bytes(b)`` / ``np.frombuffer(b)`` read them); errors name the file."""
+    (and the ``extra`` binary columns, e.g. precomputed teachers') as zero-copy ``pyarrow.Buffer`` views
+    (``bytes(b)`` / ``np.frombuffer(b)`` read them); errors name the file (and a missing extra column)."""
     try:
         with fs.open_input_file(path) as handle:
             table = pq.ParquetFile(handle).read_row_group(row_group, use_threads=False)
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"{path}: cannot read row group {row_group} ({err})") from err
+    missing = [name for name in extra if name not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: no column {', '.join(missing)} (attach it with jobs/attach_teacher.py)")
     out: dict[str, list] = {}
-    for name in SCHEMA.names:
+    for name in (*SCHEMA.names, *extra):
         column = table.column(name)
         if pa.types.is_binary(column.type):
             out[name] = [value.as_buffer() for chunk in column.chunks for value in chunk]

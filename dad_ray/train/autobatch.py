@@ -58,9 +58,9 @@ def probe_fits(
     the teacher draw untouched (it iterates over the teachers instead of drawing).
     """
     use_feat = bool(getattr(task, "use_feat", False))  # the StudentTask knows whether L_feat is on
-    # the live teachers (one whose labels the batch carries costs this worker nothing but the columns' memory)
-    indices = [i for i, m in enumerate(teachers.models) if m is not None] if teachers is not None else [0]
-    indices = indices or [0]
+    indices = range(len(teachers.models)) if teachers is not None else [0]
+    # teachers not loaded here (precomputed, or run in the data stage): their labels arrive as batch columns
+    carried = tuple(i for i, m in enumerate(teachers.models) if m is None) if teachers is not None else ()
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def fits(b: int) -> bool:
@@ -69,7 +69,7 @@ def probe_fits(
         ok = True
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                batch = synthetic_batch(cfg, b, device)
+                batch = synthetic_batch(cfg, b, device, carried=carried)
                 for index in indices:
                     forward_backward(task, teachers, batch, cfg, use_feat=use_feat, teacher_index=index)
                     task.zero_grad(set_to_none=True)

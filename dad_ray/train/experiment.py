@@ -74,14 +74,20 @@ ABSENT = _Absent()  # a key one of two compared configs does not have
 
 def _needs_bootstrap(cfg: ExperimentConfig) -> list[int]:
     """Indices of the teachers whose weights file is not given or does not exist."""
-    return [i for i, t in enumerate(cfg.model.teachers) if not t.weights or not weights_available(t.weights)]
+    return [
+        i
+        for i, t in enumerate(cfg.model.teachers)
+        if not t.column and (not t.weights or not weights_available(t.weights))  # precomputed: nothing to train
+    ]
 
 
 def validate_experiment(cfg: ExperimentConfig) -> None:
     """Everything that can be checked before a worker starts: model names, weight files, data location."""
     names = [("model.student", cfg.model.student)]
     if cfg.loss.mode == "distill":
-        names += [(f"model.teachers[{i}].name", t.name) for i, t in enumerate(cfg.model.teachers)]
+        # a precomputed teacher's name only labels it (it may be a model we do not have, e.g. GenPercept)
+        names += [(f"model.teachers[{i}].name", t.name) for i, t in enumerate(cfg.model.teachers) if not t.column]
+        validate_precomputed_teachers(cfg)
     for key, name in names:
         if not is_model(name):
             raise ConfigError(f"{key}: {unknown_model_message(name)}")
@@ -100,6 +106,20 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
                 + " (download the official checkpoint, or set bootstrap.enabled=true to train a small teacher)"
             )
     validate_data(cfg)
+
+
+def validate_precomputed_teachers(cfg: ExperimentConfig) -> None:
+    """A precomputed teacher that is not a registry model brings no features: L_feat then needs the "initial"
+    target (or lambda_feat 0). (Whether every training source carries its column is checked by validate_data.)"""
+    from dad_ray.train.task import feat_target
+
+    for i, t in enumerate(cfg.model.teachers):
+        if t.column and not is_model(t.name) and cfg.loss.lambda_feat > 0 and feat_target(cfg) == "teacher":
+            raise ConfigError(
+                f"model.teachers[{i}]: precomputed teacher {t.name!r} (column {t.column!r}) has no features for "
+                "L_feat, whose target resolves to 'teacher': set loss.feat_target=initial (the student's own "
+                "initial encoder) or loss.lambda_feat=0"
+            )
 
 
 def synthetic_plan(data: DataConfig) -> list[tuple[str, int, bool]]:
@@ -169,7 +189,29 @@ def validate_data(cfg: ExperimentConfig) -> None:
             )
         if needs and not depth:
             raise ConfigError(f"{key}: {storage.join(root, split)} holds depth-less (unlabeled) shards, but {needs}")
+    _check_teacher_columns(cfg)
     _check_holdout(cfg.data)
+
+
+def _check_teacher_columns(cfg: ExperimentConfig) -> None:
+    """Every training source carries the column of every precomputed teacher (manifest ``teacher_columns``)."""
+    from dad_ray.data.manifest import read_manifest
+    from dad_ray.data.teacher_columns import teacher_columns
+
+    wanted = [(i, t.column) for i, t in enumerate(cfg.model.teachers) if t.column] if cfg.loss.mode == "distill" else []
+    if not wanted:
+        return
+    for source in cfg.data.training_sources:
+        location = storage.join(source.root, source.split)
+        manifest = read_manifest(location, required=False)
+        have = teacher_columns(manifest) if manifest is not None else {}
+        for i, column in wanted:
+            if column not in have:
+                raise ConfigError(
+                    f"model.teachers[{i}].column: the training source {location} has no precomputed teacher column "
+                    f"{column!r} (it has: {', '.join(sorted(have)) or 'none'}; attach one with jobs/attach_teacher.py "
+                    "or jobs/predict.py --write-column)"
+                )
 
 
 def _check_holdout(data: DataConfig) -> None:
@@ -424,7 +466,8 @@ def _models_to_evaluate(cfg: ExperimentConfig, student: str, untrained: str) -> 
     models: dict[str, tuple[str, str]] = {}
     if cfg.loss.mode == "distill":
         for i, t in enumerate(cfg.model.teachers):
-            models["teacher" if i == 0 else f"teacher_{i}"] = (t.name, t.weights)
+            if not t.column:  # a precomputed teacher has no model here to evaluate
+                models["teacher" if i == 0 else f"teacher_{i}"] = (t.name, t.weights)
     models["student"] = (cfg.model.student, student)
     models["untrained_student"] = (cfg.model.student, untrained)
     return models

@@ -65,12 +65,14 @@ def compile_student(task: nn.Module, cfg: ExperimentConfig) -> None:
 
 
 def synthetic_batch(
-    cfg: ExperimentConfig, batch_size: int, device: torch.device, seed: int = 0
+    cfg: ExperimentConfig, batch_size: int, device: torch.device, seed: int = 0, carried: tuple[int, ...] = ()
 ) -> dict[str, torch.Tensor]:
     """A training batch of the config's shapes with random content (what ``dad_ray.data.train_batches`` yields):
     crop_image (B, 3, C, C), crop_depth (B, C, C) metres, crop_mask (B, C, C), global_image (B, 3, Gh, Gw),
     local_images (B, N, 3, P, P), local_boxes (B, N, 4) normalised (y0, x0, y1, x1). For benchmarks and the
-    batch-size probe; its own generator, so no global RNG is consumed."""
+    batch-size probe; its own generator, so no global RNG is consumed. ``carried``: teacher indices whose
+    pseudo-labels the batch carries (``teacher{i}_crop`` (B, C, C), ``teacher{i}_local`` (B, N, P, P)), as a
+    precomputed teacher's do."""
     g = torch.Generator().manual_seed(seed)
     c, (gh, gw), p = cfg.data.crop_size, cfg.data.global_size, cfg.data.local_patch_size
     rows, cols = cfg.data.local_grid
@@ -86,6 +88,9 @@ def synthetic_batch(
         "local_images": torch.randn(batch_size, n, 3, p, p, generator=g),
         "local_boxes": boxes.expand(batch_size, n, 4).contiguous(),
     }
+    for i in carried:
+        batch[f"teacher{i}_crop"] = torch.rand(batch_size, c, c, generator=g)
+        batch[f"teacher{i}_local"] = torch.rand(batch_size, n, p, p, generator=g)
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -42,10 +42,19 @@ class ResumedTrainData:
     data: DataConfig
     seed: int
     checkpoints: str  # Ray Train's run directory (local or URI)
+    teacher_columns: tuple[tuple[int, str], ...] = ()  # (teacher index, column) of the precomputed teachers
 
     def __call__(self):
         position = latest_data_position(self.checkpoints)
-        return train_dataset(self.data, seed=self.seed, first_epoch=position["epoch"] if position else 0)
+        first = position["epoch"] if position else 0
+        return train_dataset(self.data, seed=self.seed, first_epoch=first, teacher_columns=self.teacher_columns)
+
+
+def precomputed_teachers(cfg: ExperimentConfig) -> tuple[tuple[int, str], ...]:
+    """(index in ``model.teachers``, column) of each precomputed teacher of a distillation run."""
+    if cfg.loss.mode != "distill":
+        return ()
+    return tuple((i, t.column) for i, t in enumerate(cfg.model.teachers) if t.column)
 
 
 def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path: str | None = None) -> TorchTrainer:
@@ -61,7 +70,9 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
         resources["GPU"] = cfg.train.gpus_per_worker
     datasets = {
         # data.train_sources, else root + train_split; built again at the resumed epoch after a restart
-        "train": ResumedTrainData(cfg.data, cfg.train.seed, storage.join(ray_storage, CHECKPOINT_DIR)),
+        "train": ResumedTrainData(
+            cfg.data, cfg.train.seed, storage.join(ray_storage, CHECKPOINT_DIR), precomputed_teachers(cfg)
+        ),
         "val": eval_dataset(
             cfg.data, cfg.data.val_split, input_size=cfg.eval.input_size, max_samples=cfg.data.max_val_samples
         ),
