@@ -3,6 +3,8 @@
     python jobs/predict.py photos/ --checkpoint depth_anything_v2_vits.pth --out preds/
     python jobs/predict.py "data/**/*.jpg" --checkpoint runs/default/student.safetensors --out preds/ --ray on
     python jobs/predict.py data/synthetic/test --checkpoint teacher.safetensors --out preds/   # shard directory
+    # a precomputed teacher: the model's disparity stored as column NAME of the shards (model.teachers[i].column)
+    python jobs/predict.py data/sa1b/train --checkpoint depth_anything_v2_vitb.pth --write-column dav2_vitb
 
 Writes <out>/<name>.npy (float32 disparity at the input image size) and <out>/<name>.png (colour map) per image.
 The short side is resized to --input-size (multiples of 14, aspect kept) as in the official inference; by default
@@ -26,6 +28,7 @@ import sys
 from dad_ray.config import EvalConfig
 from dad_ray.data import DataError
 from dad_ray.inference import PredictOptions, predict_inputs
+from dad_ray.inference.predict import is_shard_dir, write_teacher_column
 from dad_ray.logging_utils import setup_logging
 from dad_ray.models import list_models
 from dad_ray.models.weights import infer_model_name, read_eval_settings
@@ -36,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, or one shard directory")
     parser.add_argument("--checkpoint", required=True, help="official .pth or .safetensors weights (path or URI)")
     parser.add_argument("--model", choices=list_models(), help="registry name (default: inferred from the weights)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", help="output directory (not with --write-column)")
+    parser.add_argument(
+        "--write-column",
+        metavar="NAME",
+        help="store the disparity as precomputed teacher column NAME of the one shard directory given (no files)",
+    )
     parser.add_argument(
         "--input-size",
         type=int,
@@ -52,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs, listing them in skipped.json")
     args = parser.parse_args(argv)
+    if bool(args.out) == bool(args.write_column):
+        parser.error("give exactly one of --out (prediction files) and --write-column (a shard column)")
+    if args.write_column and (len(args.inputs) != 1 or not is_shard_dir(args.inputs[0])):
+        parser.error("--write-column takes exactly one shard directory (holding manifest.json)")
     setup_logging()
     try:  # the checkpoint's own evaluation input size unless --input-size is given
         recorded = read_eval_settings(args.checkpoint).input_size
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = PredictOptions(
         model=model,
         checkpoint=args.checkpoint,
-        out=args.out,
+        out=args.out or "",
         input_size=input_size,
         batch_size=args.batch_size,
         device=args.device,
@@ -74,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         bf16=args.bf16,
         skip_bad=args.skip_bad,
     )
+    if args.write_column:
+        try:
+            manifest = write_teacher_column(args.inputs[0], args.write_column, opts)
+        except DataError as err:
+            parser.exit(2, f"predict: error: {err}\n")
+        print(f"column {args.write_column} written to {len(manifest['shards'])} shard(s) of {args.inputs[0]}")
+        return 0
     try:
         summary = predict_inputs(args.inputs, opts, ray_mode=args.ray, ray_threshold=args.ray_threshold)
     except DataError as err:

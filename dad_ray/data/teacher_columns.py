@@ -32,12 +32,14 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from dad_ray.data import storage
 from dad_ray.data.errors import DataError
@@ -164,49 +166,87 @@ def rewrite_shard(fs, path: str, column: str, produce: Callable[[list[dict[str, 
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+Producer = Callable[[list[dict[str, Any]]], list[np.ndarray]]
+"""Rows (``key``, ``height``, ``width``, ``image`` bytes) of one shard → their (H, W) float32 disparity maps, NaN
+where invalid."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Adding one column to the shards of ``split_dir`` (picklable: Ray actors run :meth:`run`)."""
+
+    split_dir: str
+    column: str
+    redo_all: bool  # the column exists from another attach under the same name: replace it everywhere
+
+    def run(self, file: str, produce: Producer) -> dict[str, Any]:
+        """Shard ``file`` with the column (not redone when an interrupted run of this attach already wrote it) →
+        ``{"file", "bytes", "sha256", "redone"}``."""
+        fs, inner = storage.resolve(self.split_dir)
+        path = f"{inner}/{file}"
+        with fs.open_input_file(path) as handle:
+            present = self.column in pq.ParquetFile(handle).schema_arrow.names
+        if present and not self.redo_all:
+            data = storage.read_bytes(fs, path)
+            return {"file": file, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "redone": False}
+        return {"file": file, **rewrite_shard(fs, path, self.column, produce), "redone": True}
+
+
+Runner = Callable[[ShardJob, list[str]], list[dict[str, Any]]]
+
+
 def attach_column(
     split_dir: str,
     name: str,
-    produce: Callable[[list[dict[str, Any]]], list[np.ndarray]],
+    make_producer: Callable[[], Producer],
     *,
     kind: str = "disparity",
     shift: float = 0.1,
     source: str = "",
-    shard_map: Callable[[Sequence[str], Callable[[str], dict]], list[dict]] | None = None,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """Add precomputed teacher ``name`` to every shard of ``split_dir`` and record it in the manifest (written
-    last). Resumable: a shard whose file already carries the column from an interrupted run of the same attach is
-    not redone (its checksum is refreshed). ``shard_map(files, fn)`` runs ``fn`` over the shard paths (default: in
-    this process; ``jobs/predict.py`` passes a Ray Data actor pool). Returns the new manifest."""
+    last, so readers never see a half-attached set). Resumable: a shard an interrupted run of the same attach
+    already rewrote is not redone. ``runner(job, files)`` runs ``job.run`` over the shard files (default: here,
+    one producer from ``make_producer()``; ``jobs/predict.py --write-column`` passes a Ray Data actor pool, each
+    actor building its own producer). Returns the new manifest."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     manifest = read_manifest(split_dir)
-    column = column_name(name)
-    fs, inner = storage.resolve(split_dir)
     previous = teacher_columns(manifest).get(name)
     wanted = {"kind": kind, "shift": shift, "source": source}
-    redo_all = previous is not None and previous != wanted  # a different attach under the same name: replace all
-
-    def one(file: str) -> dict:
-        path = f"{inner}/{file}"
-        with fs.open_input_file(path) as handle:
-            present = column in pq.ParquetFile(handle).schema_arrow.names
-        if present and not redo_all:
-            data = storage.read_bytes(fs, path)
-            return {"file": file, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "redone": False}
-        return {"file": file, **rewrite_shard(fs, path, column, produce), "redone": True}
-
+    job = ShardJob(split_dir, column_name(name), redo_all=previous is not None and previous != wanted)
     files = [s["file"] for s in manifest["shards"]]
-    results = shard_map(files, one) if shard_map is not None else [one(f) for f in files]
+    if runner is None:
+        produce = make_producer()
+        results = [job.run(f, produce) for f in tqdm(files, desc=f"attach {name}", unit="shard")]
+    else:
+        results = runner(job, files)
     by_file = {r["file"]: r for r in results}
-    shards = [{**s, "bytes": by_file[s["file"]]["bytes"], "sha256": by_file[s["file"]]["sha256"]} for s in manifest["shards"]]
-    done = sum(1 for r in results if r["redone"])
+    shards = [
+        {**s, "bytes": by_file[s["file"]]["bytes"], "sha256": by_file[s["file"]]["sha256"]} for s in manifest["shards"]
+    ]
     manifest = {**manifest, "shards": shards, "teacher_columns": {**teacher_columns(manifest), name: wanted}}
     write_manifest(split_dir, manifest)
+    done = sum(1 for r in results if r["redone"])
     logger.info("%s: teacher column %r (%s) in %d shards (%d written now)", split_dir, name, kind, len(files), done)
     return manifest
 
 
-def external_producer(directory: str, kind: str, shift: float) -> Callable[[list[dict]], list[np.ndarray]]:
-    """``produce`` for :func:`attach_column` from a folder of ``<key>.npy`` / ``<key>.png`` maps."""
+@dataclass(frozen=True)
+class ExternalMaps:
+    """``make_producer`` of :func:`attach_column` for a folder of ``<key>.npy`` / ``<key>.png`` maps."""
+
+    directory: str
+    kind: str
+    shift: float = 0.1
+
+    def __call__(self) -> Producer:
+        return external_producer(self.directory, self.kind, self.shift)
+
+
+def external_producer(directory: str, kind: str, shift: float) -> Producer:
+    """The producer reading each row's map from ``directory`` and converting ``kind`` to disparity."""
 
     def produce(rows: list[dict[str, Any]]) -> list[np.ndarray]:
         out = []

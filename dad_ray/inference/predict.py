@@ -445,3 +445,79 @@ def predict_inputs(
 def run_predict(inputs: Sequence[str], opts: PredictOptions, ray_mode: str = "auto", ray_threshold: int = 256) -> int:
     """:func:`predict_inputs`, returning the number of images written."""
     return predict_inputs(inputs, opts, ray_mode, ray_threshold).written
+
+
+@dataclass(frozen=True)
+class ModelMaps:
+    """``make_producer`` of :func:`~dad_ray.data.teacher_columns.attach_column` for one of our models: each row's
+    disparity (the model's output resized to the stored image, as :meth:`DepthPredictor.predict` returns it)."""
+
+    model: str
+    checkpoint: str
+    input_size: int
+    device: str = "auto"
+    batch_size: int = 4
+    bf16: bool = False
+
+    def __call__(self):
+        predictor = DepthPredictor(  # a URI checkpoint is fetched by whoever builds the predictor (each actor)
+            self.model,
+            self.checkpoint,
+            self.input_size,
+            self.device,
+            self.batch_size,
+            amp_dtype=torch.bfloat16 if self.bf16 else None,
+        )
+
+        def produce(rows: list[dict[str, Any]]) -> list[np.ndarray]:
+            images = [decode_image(row["image"], f"row {row['key']}") for row in rows]
+            return [np.asarray(d, dtype=np.float32) for d in predictor.predict(images)]
+
+        return produce
+
+
+class _ShardActor:
+    """A Ray Data actor that adds a teacher column to whole shards with its own model (built once)."""
+
+    def __init__(self, job, make_producer) -> None:
+        self.job = job
+        self.produce = make_producer()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [json.dumps(self.job.run(str(f), self.produce)) for f in batch["file"]]
+        return {"result": np.asarray(results, dtype=object)}
+
+
+def write_teacher_column(shard_dir: str, name: str, opts: PredictOptions) -> dict[str, Any]:
+    """``jobs/predict.py --write-column NAME``: the model's disparity for every row of the shard split
+    ``shard_dir``, stored as precomputed teacher column ``NAME`` (:mod:`dad_ray.data.teacher_columns`), one shard
+    per Ray Data actor task (an actor pool as for prediction: one per GPU, or one on CPU). Returns the manifest."""
+    import ray.data
+
+    from dad_ray.data.teacher_columns import attach_column
+
+    init_ray()
+    use_gpu = None if opts.device == "auto" else resolve_device(opts.device).type == "cuda"
+    plan = plan_for_cluster(use_gpu=use_gpu, actors=opts.actors, cpus_per_actor=opts.cpus_per_actor)
+    make = ModelMaps(
+        opts.model, storage.absolute(opts.checkpoint), opts.input_size, plan.device, opts.batch_size, opts.bf16
+    )
+
+    def runner(job, files: list[str]) -> list[dict[str, Any]]:
+        ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files)).map_batches(
+            _ShardActor,
+            fn_constructor_args=(job, make),
+            compute=ray.data.ActorPoolStrategy(size=plan.count),
+            batch_size=1,
+            **plan.resources,
+        )
+        with tqdm(total=len(files), desc=f"write column {name}", unit="shard") as bar:
+            results = []
+            for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
+                results += [json.loads(r) for r in batch["result"]]
+                bar.update(len(batch["result"]))
+        return results
+
+    return attach_column(
+        shard_dir, name, make, kind="disparity", source=f"{opts.model}:{opts.checkpoint}", runner=runner
+    )

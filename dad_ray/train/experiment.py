@@ -109,12 +109,12 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
 
 
 def validate_precomputed_teachers(cfg: ExperimentConfig) -> None:
-    """A precomputed teacher that is not a registry model brings no features: L_feat then needs the "initial"
-    target (or lambda_feat 0). (Whether every training source carries its column is checked by validate_data.)"""
+    """A precomputed teacher's column holds disparity only, no features: L_feat then needs the "initial" target
+    (or lambda_feat 0). (Whether every training source carries its column is checked by validate_data.)"""
     from dad_ray.train.task import feat_target
 
     for i, t in enumerate(cfg.model.teachers):
-        if t.column and not is_model(t.name) and cfg.loss.lambda_feat > 0 and feat_target(cfg) == "teacher":
+        if t.column and cfg.loss.lambda_feat > 0 and feat_target(cfg) == "teacher":
             raise ConfigError(
                 f"model.teachers[{i}]: precomputed teacher {t.name!r} (column {t.column!r}) has no features for "
                 "L_feat, whose target resolves to 'teacher': set loss.feat_target=initial (the student's own "

@@ -18,7 +18,7 @@ from torch import nn
 
 from dad_ray.config import ExperimentConfig, ModelConfig, TeacherConfig
 from dad_ray.losses import distill_losses, resample_tokens, supervised_losses
-from dad_ray.models import create_model, is_model, load_weights
+from dad_ray.models import create_model, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +229,9 @@ class TeacherPool:
 
 
 def _layout_model(teacher: TeacherConfig) -> nn.Module | None:
-    """A weightless instance (meta device, no memory) of a registry teacher, None for an external column."""
-    if teacher.column and not is_model(teacher.name):
+    """A weightless instance (meta device, no memory) of a registry teacher run elsewhere (its labels and features
+    arrive as batch columns); None for a precomputed column, which carries no features."""
+    if teacher.column:
         return None
     with torch.device("meta"):
         return create_model(teacher.name)
