@@ -263,7 +263,8 @@ def _frozen_bytes(cfg: ExperimentConfig, batch: int) -> tuple[float, float]:
 
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cfg.train.use_gpu)
     per_param = BYTES_PER_BF16_PARAM if bf16 else BYTES_PER_FROZEN_PARAM
-    teachers = sorted({t.name for t in cfg.model.teachers})
+    # the teachers this worker runs: a precomputed one (a shard column) costs only its batch columns
+    teachers = sorted({t.name for t in cfg.model.teachers if not t.column})
     weights = sum(_num_params(t) * per_param for t in teachers)
     if cfg.loss.lambda_feat > 0 and feat_target(cfg) == "initial":
         weights += _num_params(cfg.model.student) * BYTES_PER_FROZEN_PARAM
@@ -277,7 +278,7 @@ def _frozen_bytes(cfg: ExperimentConfig, batch: int) -> tuple[float, float]:
         patches = _teacher_peak_bytes(t, batch * n_local, local, local, act) if n_local else 0.0
         return max(_teacher_peak_bytes(t, batch, crop, crop, act), patches)
 
-    return weights, max(peak(t) for t in teachers)
+    return weights, max((peak(t) for t in teachers), default=0.0)
 
 
 def estimate_gpu_memory_gib(cfg: ExperimentConfig) -> MemoryEstimate:

@@ -29,7 +29,13 @@ from dad_ray.config import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-GPU_PRESETS = ("nyu_vitl_to_vitb", "nyu_vitl_to_vits", "nyu_vitl_dav2b_assistant_to_vitb", "nyu_vitl_to_convnext_atto")
+GPU_PRESETS = (
+    "nyu_vitl_to_vitb",
+    "nyu_vitl_to_vits",
+    "nyu_vitl_dav2b_assistant_to_vitb",
+    "nyu_vitl_precomputed_assistant_to_vitb",
+    "nyu_vitl_to_convnext_atto",
+)
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +309,15 @@ def test_placeholders_are_the_documented_ones():
         filled = filled.replace(name, "x")
     assert placeholders(filled) == []
     assert yaml.safe_load(filled)["cluster_name"] == "dad-ray"
+
+
+def test_a_precomputed_assistant_costs_no_teacher_memory():
+    """The ViT-B assistant run live adds its weights to every worker; as a precomputed column it adds nothing."""
+    from dad_ray.cluster import estimate_gpu_memory_gib
+    from dad_ray.config import build_config
+
+    live = estimate_gpu_memory_gib(build_config("nyu_vitl_dav2b_assistant_to_vitb"))
+    column = estimate_gpu_memory_gib(build_config("nyu_vitl_precomputed_assistant_to_vitb"))
+    alone = estimate_gpu_memory_gib(build_config("nyu_vitl_to_vitb"))
+    assert column.total_gib == pytest.approx(alone.total_gib)
+    assert live.total_gib > column.total_gib

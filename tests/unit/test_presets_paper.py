@@ -16,7 +16,12 @@ ALL_PRESETS = sorted(f.name[:-5] for f in PRESETS.iterdir() if f.name.endswith("
 
 
 def test_the_paper_presets_are_found():
-    assert {"nyu_vitl_to_vitb", "nyu_vitl_to_vits", "nyu_vitl_dav2b_assistant_to_vitb"} <= set(PAPER_PRESETS)
+    assert {
+        "nyu_vitl_to_vitb",
+        "nyu_vitl_to_vits",
+        "nyu_vitl_dav2b_assistant_to_vitb",
+        "nyu_vitl_precomputed_assistant_to_vitb",
+    } <= set(PAPER_PRESETS)
 
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
@@ -55,3 +60,17 @@ def test_the_dav2b_assistant_preset_says_so():
     assert [t.probability for t in cfg.model.teachers] == [0.7, 0.3]
     header = (PRESETS / "nyu_vitl_dav2b_assistant_to_vitb.yaml").read_text().split("\nbase:")[0]
     assert "ASSISTANT IS DAv2-BASE" in header and "GenPercept" in header
+
+
+def test_the_precomputed_assistant_preset_reads_a_column_and_needs_no_features_from_it():
+    from dad_ray.train.experiment import validate_precomputed_teachers
+    from dad_ray.train.task import feat_target
+
+    cfg = build_config("nyu_vitl_precomputed_assistant_to_vitb")
+    live, assistant = cfg.model.teachers
+    assert (live.column, live.probability) == ("", 0.7)
+    assert (assistant.column, assistant.weights, assistant.probability) == ("genpercept", "", 0.3)
+    assert feat_target(cfg) == "initial"
+    validate_precomputed_teachers(cfg)  # no ConfigError: L_feat needs nothing of the column
+    header = (PRESETS / "nyu_vitl_precomputed_assistant_to_vitb.yaml").read_text().split("\nbase:")[0]
+    assert "jobs/attach_teacher.py" in header and "GenPercept" in header
