@@ -57,6 +57,7 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
     "g5.xlarge": InstanceType(4, 16, 1, "A10G", 22.5, 250),
     "g5.12xlarge": InstanceType(48, 192, 4, "A10G", 22.5, 3800),
     "g5.48xlarge": InstanceType(192, 768, 8, "A10G", 22.5, 7600),
+    "g6.12xlarge": InstanceType(48, 192, 4, "L4", 22.0, 3760),
     "g6e.xlarge": InstanceType(4, 32, 1, "L40S", 45.0, 250),
     "g6e.12xlarge": InstanceType(48, 384, 4, "L40S", 45.0, 3800),
     "g6e.48xlarge": InstanceType(192, 1536, 8, "L40S", 45.0, 7600),
@@ -263,8 +264,11 @@ def _frozen_bytes(cfg: ExperimentConfig, batch: int) -> tuple[float, float]:
 
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cfg.train.use_gpu)
     per_param = BYTES_PER_BF16_PARAM if bf16 else BYTES_PER_FROZEN_PARAM
-    # the teachers this worker runs: a precomputed one (a shard column) costs only its batch columns
-    teachers = sorted({t.name for t in cfg.model.teachers if not t.column})
+    # the teachers this worker runs: a precomputed one (a shard column) costs only its batch columns, and with
+    # model.teacher_placement "data" every teacher runs in the Ray Data stage, on its own resources
+    teachers = sorted(
+        {t.name for t in cfg.model.teachers if not t.column and cfg.model.teacher_placement == "worker"}
+    )
     weights = sum(_num_params(t) * per_param for t in teachers)
     if cfg.loss.lambda_feat > 0 and feat_target(cfg) == "initial":
         weights += _num_params(cfg.model.student) * BYTES_PER_FROZEN_PARAM

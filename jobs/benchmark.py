@@ -8,6 +8,7 @@ python jobs/benchmark.py tune     # ASHA vs full search on the synthetic task, a
 python jobs/benchmark.py students # the student zoo: params, GFLOPs, CPU latency (PyTorch, ONNX Runtime), AbsRel / d1
 python jobs/benchmark.py gpu      # the distillation step on one GPU: img/s, step split, memory, MFU (no Ray needed)
 python jobs/benchmark.py convert  # SA-1B-size JPEGs -> shards: images/s per core (original bytes, --max-side)
+python jobs/benchmark.py teacher-stage  # teacher inside the step vs a Ray Data stage: img/s, FLOPs, GPU ratio
 
 Every benchmark takes --json PATH (write its figures there) and --help.
 """
@@ -18,7 +19,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("losses", "models", "data", "train", "tune", "students", "gpu", "convert")
+BENCHMARKS = ("losses", "models", "data", "train", "tune", "students", "gpu", "convert", "teacher-stage")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from dad_ray.logging_utils import setup_logging
 
     setup_logging()
-    module = importlib.import_module(f"dad_ray.bench.{args.name}")
+    module = importlib.import_module(f"dad_ray.bench.{args.name.replace('-', '_')}")
     print(module.main(rest))  # the report (Markdown) on stdout; progress went to the log
     return 0
 

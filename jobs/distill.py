@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 
-from dad_ray.config import ConfigError, add_config_args, config_from_args, config_to_yaml
+from dad_ray.config import ConfigError, add_config_args, config_from_args, config_to_yaml, is_uri
 from dad_ray.logging_utils import setup_logging
 
 SHORTCUTS = {
@@ -41,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
+        if args.config and is_uri(args.config):  # e.g. analyze's s3://…/best_config.yaml: the config floor reads files
+            from dad_ray.data import storage
+
+            args.config = storage.local_copy(args.config, tempfile.mkdtemp(prefix="dadray-config-"))
         cfg = config_from_args(args, default_preset="default")
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
     if args.print_config:
         sys.stdout.write(config_to_yaml(cfg))

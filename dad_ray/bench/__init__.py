@@ -15,9 +15,14 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def write_json(path: Path | None, figures: Any) -> None:
-    """Write ``figures`` as JSON to ``path`` (no-op for None), atomically: a reader never sees half a file."""
+    """Write ``figures`` as JSON to ``path`` (no-op for None), atomically: a reader never sees half a file.
+
+    A dict gets ``loadavg`` (``os.getloadavg()`` at writing) unless it has one: absolute timings on a shared machine
+    mean little without it."""
     if path is None:
         return
+    if isinstance(figures, dict) and "loadavg" not in figures:  # 1/5/15-min load when written: context for timings
+        figures = {**figures, "loadavg": list(os.getloadavg())}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

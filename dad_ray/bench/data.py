@@ -10,6 +10,12 @@ processes: Ray Data with a local Ray of ``procs + 1`` CPUs (``dad_ray.runtime.ra
 the DataLoader with ``num_workers=procs``. Each side is timed over ``--epochs`` full epochs of ``data.batch_size``
 batches consumed on the driver. Prints samples/s (all epochs, and the last epoch alone: steady state), time to the
 first batch, and the ratio Ray / DataLoader (goal >= 1.0).
+
+``--repeats N`` runs the two sides N times each, alternating in ABBA order (Ray, DataLoader, DataLoader, Ray, ...)
+inside one Ray session, so that the machine's load falls on both alike; each repeat builds a fresh dataset /
+DataLoader, and the ratio is over every epoch of every repeat, first epochs included. The Ray cluster's own start
+(``ray.init``) is outside both timings; a Ray repeat after the first finds Ray's worker processes alive, so repeat 1's
+first batch minus the later repeats' is what starting those processes (and importing torch in them) costs.
 """
 
 from __future__ import annotations
@@ -108,6 +114,24 @@ def _summary(results: list[tuple[float, float, int]]) -> tuple[float, float, flo
     return total_n / total_s, results[-1][2] / results[-1][1], results[0][0]
 
 
+def abba_order(repeats: int) -> list[str]:
+    """Which side runs when: ``ray``/``torch`` in ABBA order, ``repeats`` of each (2 -> ray torch torch ray)."""
+    pairs = [("ray", "torch") if i % 2 == 0 else ("torch", "ray") for i in range(repeats)]
+    return [side for pair in pairs for side in pair]
+
+
+def run_alternating(data, files, counts, procs: int, epochs: int, repeats: int) -> dict[str, list]:
+    """Every repeat's per-epoch results of each side, run in :func:`abba_order`."""
+    out: dict[str, list] = {"ray": [], "torch": []}
+    for side in abba_order(repeats):
+        if side == "ray":
+            out["ray"].append(run_ray(data, epochs))
+        else:
+            out["torch"].append(run_dataloader(data, files, counts, procs, epochs))
+        logger.info("%s repeat %d: %s", side, len(out[side]), out[side][-1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark; returns the report (a Markdown table and the ratio)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,6 +140,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--procs", type=int, default=2, help="decode/augment processes on each side")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--root", default=None, help="where the shards go (default: a temporary directory)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating ABBA in one session")
     add_json_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="default")
@@ -141,8 +166,9 @@ def main(argv: list[str] | None = None) -> str:
             args.procs,
             args.epochs,
         )
-        ray_res = run_ray(data, args.epochs)
-    torch_res = run_dataloader(data, files, counts, args.procs, args.epochs)
+        runs = run_alternating(data, files, counts, args.procs, args.epochs, args.repeats)
+    ray_res = [r for rep in runs["ray"] for r in rep]
+    torch_res = [r for rep in runs["torch"] for r in rep]
     if tmp is not None:
         tmp.cleanup()
     r_all, r_last, r_first = _summary(ray_res)
@@ -153,13 +179,19 @@ def main(argv: list[str] | None = None) -> str:
         args.json,
         {
             "samples": args.samples,
+            "size": [synthetic.height, synthetic.width],
+            "crop": data.crop_size,
             "procs": args.procs,
+            "repeats": args.repeats,
+            "order": abba_order(args.repeats),
+            "first_batch_s_per_repeat": {k: [rep[0][0] for rep in v] for k, v in runs.items()},
             "batch": data.batch_size,
             "epochs": {k: [dict(zip(fields, r)) for r in v] for k, v in epochs.items()},
             "ray_data": {"samples_per_s": r_all, "last_epoch_samples_per_s": r_last, "first_batch_s": r_first},
             "dataloader": {"samples_per_s": t_all, "last_epoch_samples_per_s": t_last, "first_batch_s": t_first},
             "ratio_all_epochs": r_all / t_all,
             "ratio_last_epoch": r_last / t_last,
+            "samples_per_s_per_core": {"ray_data": r_all / args.procs, "dataloader": t_all / args.procs},
         },
     )
     return "\n".join(

@@ -6,7 +6,9 @@ Both sides get the same random student (requires grad), teacher and mask (10 % o
 straightforward implementation (HDN-style) in :mod:`dad_ray.losses.reference`, the one the unit tests also check
 the vectorised loss against: for every image, every level S and every segment, select the pixels, ``torch.median``
 + mean absolute deviation, accumulate |N(s) − N(t)|. The two results are checked to agree before
-timing. Prints the median and min times of ``--repeats`` runs after one warm-up and their ratio (goal >= 20x).
+timing. Prints the median and min times of ``--repeats`` runs after one warm-up and their ratio. The CPU goal of
+>= 20x is retired (issue 16: the loop is not Python-bound on CPU); ``benchmark.py gpu`` reports the same comparison
+on the device, where the loop's per-context host syncs cost most, and the loss share of a step.
 """
 
 from __future__ import annotations
@@ -75,6 +77,6 @@ def main(argv: list[str] | None = None) -> str:
             "|---|---|---|",
             f"| vectorised | {1e3 * v_med:.1f} | {1e3 * v_min:.1f} |",
             f"| per-image/per-context loop | {1e3 * l_med:.1f} | {1e3 * l_min:.1f} |",
-            f"ratio loop / vectorised = {l_med / v_med:.1f}x (median), {l_min / v_min:.1f}x (min); goal >= 20x",
+            f"ratio loop / vectorised = {l_med / v_med:.1f}x (median), {l_min / v_min:.1f}x (min)",
         ]
     )

@@ -160,6 +160,34 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class TeacherStageConfig:
+    """The teacher stage of ``model.teacher_placement: data``: a Ray Data actor pool after the augmentation that runs
+    the live teachers on each row's crop and local patches and adds their pseudo-labels as columns
+    (:mod:`dad_ray.train.teacher_stage`)."""
+
+    actors: int = 1  # actors in the pool (each holds every live teacher once)
+    num_gpus: float = 0.0  # per actor (0 = CPU, fp32 weights; on a GPU bf16 weights under bf16 autocast)
+    num_cpus: float = 1.0  # per actor
+    # the GPU type the actors need (Ray's accelerator_type, e.g. "L4"): teacher inference on another node type than
+    # the training GPUs ("" = any node with the resources)
+    accelerator_type: str = ""
+    batch_size: int = 4  # rows per teacher forward
+    # back-pressure: tasks queued per actor (with Ray Data's streaming object-store budget, this bounds what a fast
+    # pool can put ahead of the trainer)
+    max_tasks_in_flight: int = 2
+    max_restarts: int = 3  # a killed teacher actor is restarted this many times (its in-flight batches are retried)
+    transport: Literal["float16", "float32"] = "float16"  # dtype of the label and feature columns
+
+    def __post_init__(self) -> None:
+        check(self.actors >= 1, "model.teacher_stage.actors", f"must be >= 1, got {self.actors}")
+        check(self.num_gpus >= 0, "model.teacher_stage.num_gpus", f"must be >= 0, got {self.num_gpus}")
+        check(self.num_cpus > 0, "model.teacher_stage.num_cpus", f"must be > 0, got {self.num_cpus}")
+        check(self.batch_size >= 1, "model.teacher_stage.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.max_tasks_in_flight >= 1, "model.teacher_stage.max_tasks_in_flight", "must be >= 1")
+        check(self.max_restarts >= 0, "model.teacher_stage.max_restarts", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     # A registry name: "dav2_<encoder>" (Depth Anything V2 layout) or "timm:<timm model>", a DPT-style head on any
     # timm backbone with multi-scale features (dad_ray.models.ZOO lists recommended ones, e.g. timm:convnext_atto)
@@ -171,6 +199,11 @@ class ModelConfig:
     student_pretrained: bool = False
     teachers: tuple[TeacherConfig, ...] = (TeacherConfig(),)
     activation_checkpointing: bool = False
+    # where the live teachers run: "worker" = inside every training worker's step (each worker holds them);
+    # "data" = in a Ray Data actor pool after the augmentation (teacher_stage), on resources of their own, the
+    # pseudo-labels streamed to the workers as columns (README "Teacher placement")
+    teacher_placement: Literal["worker", "data"] = "worker"
+    teacher_stage: TeacherStageConfig = TeacherStageConfig()
 
     def __post_init__(self) -> None:
         check(len(self.teachers) >= 1, "model.teachers", "at least one teacher is required")

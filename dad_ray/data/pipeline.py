@@ -138,7 +138,8 @@ def _train_units(
                 image = decode_image(rows["image"][i], f"{path} row {key}")
                 depth = _row_depth(rows, i, f"{path} row {key}")
                 h, w = rows["height"][i], rows["width"][i]
-                maps = {t: decode_map(rows[c][i], h, w, f"{path} row {key}") for (t, _), c in zip(teacher_columns, extra)}
+                where = f"{path} row {key}"
+                maps = {t: decode_map(rows[c][i], h, w, where) for (t, _), c in zip(teacher_columns, extra)}
                 rng = sample_rng(seed, epoch, key)
                 out.append(augment_sample(image, depth, spec, rng, uint8_images=True, teachers=maps or None))
             result = {name: np.stack([r[name] for r in out]) for name in out[0] if name != "index"}
@@ -203,9 +204,7 @@ def _units_dataset(units: list[dict[str, Any]]):
     )
 
 
-def train_dataset(
-    cfg, split: str | None = None, *, seed: int = 0, first_epoch: int = 0, teacher_columns: tuple = ()
-):
+def train_dataset(cfg, split: str | None = None, *, seed: int = 0, first_epoch: int = 0, teacher_columns: tuple = ()):
     """The training ``ray.data.Dataset`` of ``cfg.root/<split>``, or without ``split`` of ``cfg.training_sources``
     (``data.train_sources`` mixed by weight, see :class:`Mixture`; else ``cfg.root/cfg.train_split``); see the
     module docstring. Depth-less (unlabeled) rows carry all-zero depth and all-False masks.

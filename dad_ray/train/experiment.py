@@ -263,7 +263,8 @@ def bootstrap_teachers(cfg: ExperimentConfig) -> None:
         teacher = cfg.model.teachers[i]
         if not teacher.weights:
             raise ConfigError(f"model.teachers[{i}].weights: bootstrap needs a path to cache the trained teacher at")
-        dest = Path(teacher.weights)
+        dest = teacher.weights  # a local path or a URI (on a cluster: the bucket, so every node finds it)
+        stem = storage.basename(dest).rsplit(".", 1)[0]
         boot = cfg.bootstrap
         steps = boot.max_steps
         data = replace(cfg.data, batch_size=boot.batch_size)
@@ -277,8 +278,8 @@ def bootstrap_teachers(cfg: ExperimentConfig) -> None:
             data=data,
             train=replace(
                 cfg.train,
-                name=f"bootstrap_{dest.stem}",
-                output=str(dest.parent.resolve()),
+                name=f"bootstrap_{stem}",
+                output=storage.absolute(storage.parent(dest)),
                 val_every=steps,
                 checkpoint_every=steps,
                 image_every=0,

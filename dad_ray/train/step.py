@@ -48,12 +48,16 @@ def build_teachers(cfg: ExperimentConfig, device: torch.device) -> TeacherPool |
     alone — the same on every rank — so that every rank draws the same teacher at every optimizer step."""
     if cfg.loss.mode != "distill":
         return None
+    # loaded here: the live teachers of the worker placement; precomputed columns and the data placement's teachers
+    # arrive as batch columns (the pool keeps only their layout)
+    live = [not t.column and cfg.model.teacher_placement == "worker" for t in cfg.model.teachers]
     return TeacherPool(
         cfg.model.teachers,
         device,
         seed=cfg.train.seed,
         dtype=teacher_dtype(cfg, device),
         compile_models=cfg.train.compile,
+        live=live,
     )
 
 

@@ -21,6 +21,7 @@ from ray.train.torch import TorchTrainer
 from dad_ray.config import DataConfig, ExperimentConfig, absolute_path, to_dict, with_absolute_paths
 from dad_ray.data import eval_dataset, ingest_options, storage, train_dataset
 from dad_ray.train.checkpoint import STUDENT_FILE, latest_data_position
+from dad_ray.train.teacher_stage import add_teacher_stage
 from dad_ray.train.worker import train_loop_per_worker
 
 CHECKPOINT_DIR = "checkpoints"
@@ -43,11 +44,13 @@ class ResumedTrainData:
     seed: int
     checkpoints: str  # Ray Train's run directory (local or URI)
     teacher_columns: tuple[tuple[int, str], ...] = ()  # (teacher index, column) of the precomputed teachers
+    stage: ExperimentConfig | None = None  # model.teacher_placement "data": the run's config, for the teacher stage
 
     def __call__(self):
         position = latest_data_position(self.checkpoints)
         first = position["epoch"] if position else 0
-        return train_dataset(self.data, seed=self.seed, first_epoch=first, teacher_columns=self.teacher_columns)
+        ds = train_dataset(self.data, seed=self.seed, first_epoch=first, teacher_columns=self.teacher_columns)
+        return add_teacher_stage(ds, self.stage) if self.stage is not None else ds
 
 
 def precomputed_teachers(cfg: ExperimentConfig) -> tuple[tuple[int, str], ...]:
@@ -71,7 +74,11 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
     datasets = {
         # data.train_sources, else root + train_split; built again at the resumed epoch after a restart
         "train": ResumedTrainData(
-            cfg.data, cfg.train.seed, storage.join(ray_storage, CHECKPOINT_DIR), precomputed_teachers(cfg)
+            cfg.data,
+            cfg.train.seed,
+            storage.join(ray_storage, CHECKPOINT_DIR),
+            precomputed_teachers(cfg),
+            cfg if cfg.loss.mode == "distill" and cfg.model.teacher_placement == "data" else None,
         ),
         "val": eval_dataset(
             cfg.data, cfg.data.val_split, input_size=cfg.eval.input_size, max_samples=cfg.data.max_val_samples
@@ -116,10 +123,14 @@ def fit(cfg: ExperimentConfig, *, callbacks: tuple = ()) -> ray.train.Result:
 
 
 def copy_student(result: ray.train.Result, dest: str | Path) -> None:
-    """The student of the result's checkpoint (official safetensors layout) → the local file ``dest``, atomically."""
+    """The student of the result's checkpoint (official safetensors layout) → ``dest``, a local file or a storage URI
+    (``s3://…``: uploaded, so other nodes can read it), atomically."""
     if result.checkpoint is None:
         raise RuntimeError("the run finished without a checkpoint")
     with result.checkpoint.as_directory() as ckpt:
+        if storage.is_uri(str(dest)):
+            storage.upload_file(Path(ckpt) / STUDENT_FILE, str(dest))
+            return
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=Path(dest).parent, suffix=".tmp")
         os.close(fd)

@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from dad_ray.config import ConfigError, ExperimentConfig, from_dict, load_preset_dict, set_dotted, to_dict
+from dad_ray.config import ConfigError, ExperimentConfig, from_dict, is_uri, load_preset_dict, set_dotted, to_dict
 from dad_ray.config.core import all_keys, check, close_matches, field_types
 from dad_ray.config.loader import load_config_file_dict, parse_override, read_yaml_mapping
 from dad_ray.metrics import METRIC_KEYS
@@ -205,14 +205,36 @@ class SpaceFile:
         budget = self.time_budget_s
         check(budget is None or (math.isfinite(budget) and budget > 0), "time_budget_s", f"must be > 0, got {budget}")
 
+    def _base_file(self, path: str) -> str | Path:
+        """The local file ``base_config`` names; relative to the space file at ``path`` (a local path or a URI, e.g.
+        the ``space.yaml`` saved into an ``s3://…`` experiment: then the base is fetched from beside it)."""
+        if is_uri(self.base_config):
+            return self._fetched(self.base_config)
+        base_file = Path(self.base_config)
+        if base_file.is_absolute() or path == "<space>":
+            return base_file
+        if is_uri(path):
+            from dad_ray.data import storage
+
+            return self._fetched(storage.join(storage.parent(path), self.base_config))
+        return Path(path).parent / base_file
+
+    @staticmethod
+    def _fetched(uri: str) -> str:
+        import tempfile
+
+        from dad_ray.data import storage
+
+        try:
+            return storage.local_copy(uri, tempfile.mkdtemp(prefix="dadray-space-base-"))
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+
     def base_dict(self, path: str) -> dict[str, Any]:
         """The plain config dict of the base preset or file with ``overrides`` set on it."""
         try:
             if self.base_config is not None:
-                base_file = Path(self.base_config)
-                if not base_file.is_absolute() and path != "<space>":
-                    base_file = Path(path).parent / base_file
-                base = load_config_file_dict(base_file)
+                base = load_config_file_dict(self._base_file(path))
             else:
                 base = load_preset_dict(self.base_preset or "default")
         except ConfigError as err:
@@ -500,7 +522,7 @@ def with_base(data: dict[str, Any], *, preset: str | None = None, config: str | 
     if preset is not None:
         out["base_preset"] = preset
     else:
-        out["base_config"] = os.path.abspath(config)
+        out["base_config"] = config if is_uri(config) else os.path.abspath(config)
     return out
 
 

@@ -321,3 +321,12 @@ def test_a_precomputed_assistant_costs_no_teacher_memory():
     alone = estimate_gpu_memory_gib(build_config("nyu_vitl_to_vitb"))
     assert column.total_gib == pytest.approx(alone.total_gib)
     assert live.total_gib > column.total_gib
+
+
+def test_a_teacher_inference_node_type_offers_the_stage_accelerator(prepared):
+    """model.teacher_placement: data with teacher_stage.accelerator_type L4 lands on the L4 node type only."""
+    spec = prepared["available_node_types"]["gpu_teacher_l4"]
+    assert spec["resources"]["accelerator_type:L4"] == 1 and spec["resources"]["GPU"] == 4  # Ray: 1 per node
+    assert INSTANCE_TYPES[spec["node_config"]["InstanceType"]].gpu_name == "L4"
+    others = [n for n, s in prepared["available_node_types"].items() if n != "gpu_teacher_l4"]
+    assert not any("accelerator_type:L4" in prepared["available_node_types"][n].get("resources", {}) for n in others)

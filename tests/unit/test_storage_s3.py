@@ -140,3 +140,52 @@ def test_synthetic_check_uses_real_shards_as_they_are(tmp_path, caplog):
     assert read_manifest(str(tmp_path / "train"))["num_samples"] == 795  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test", "train"]
     assert "used as they are" in caplog.text and "delete" not in caplog.text
+
+
+def test_a_relative_base_config_of_a_space_in_a_uri_experiment_is_read_from_beside_it(aws_credentials_only):
+    from dad_ray.config import ConfigError
+    from dad_ray.tune.driver import SPACE_FILE, experiment_dir, load_experiment_space
+    from dad_ray.tune.space import resolve_space_path
+
+    s3 = aws_credentials_only
+    exp = experiment_dir(s3.uri("tune", query=True), "relbase")
+    data = yaml.safe_load(resolve_space_path("smoke").read_text())
+    data.pop("base_preset", None)
+    storage.write_path(storage.join(exp, "my_base.yaml"), "base: smoke\ntrain:\n  name: from_the_bucket\n")
+    storage.write_path(storage.join(exp, SPACE_FILE), yaml.safe_dump({**data, "base_config": "my_base.yaml"}))
+    space = load_experiment_space(exp)
+    assert space.base.train.name == "from_the_bucket"  # not <cwd>/s3:/…/my_base.yaml
+    storage.write_path(storage.join(exp, SPACE_FILE), yaml.safe_dump({**data, "base_config": "missing.yaml"}))
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_experiment_space(exp)
+
+
+def test_distill_reads_its_config_file_from_a_uri(aws_env, capsys):
+    import sys
+
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import distill
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    uri = aws_env.uri("configs", "best_config.yaml")
+    storage.write_path(uri, "base: smoke\ntrain:\n  name: best_from_s3\n")
+    assert distill.main(["--config", uri, "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["name"] == "best_from_s3"
+    with pytest.raises(SystemExit):
+        distill.main(["--config", aws_env.uri("configs", "none.yaml"), "--print-config"])
+
+
+def test_copy_student_uploads_to_a_uri(aws_env, tmp_path):
+    from ray.train import Checkpoint, Result
+
+    from dad_ray.train.checkpoint import STUDENT_FILE
+    from dad_ray.train.trainer import copy_student
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / STUDENT_FILE).write_bytes(b"weights")
+    result = Result(metrics={}, checkpoint=Checkpoint.from_directory(str(ckpt)), error=None, path=str(tmp_path))
+    dest = aws_env.uri("teachers", "boot.safetensors")
+    copy_student(result, dest)
+    assert storage.read_path(dest) == b"weights"
