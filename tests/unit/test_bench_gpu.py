@@ -148,7 +148,7 @@ def _cli_benchmarks() -> tuple[str, ...]:
 def test_every_benchmark_takes_json(name, capsys):
     import importlib
 
-    module = importlib.import_module(f"dad_ray.bench.{name}")
+    module = importlib.import_module(f"dad_ray.bench.{name.replace('-', '_')}")  # as jobs/benchmark.py does
     with pytest.raises(SystemExit):
         module.main(["--help"])
     assert "--json" in capsys.readouterr().out
