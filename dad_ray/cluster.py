@@ -266,9 +266,7 @@ def _frozen_bytes(cfg: ExperimentConfig, batch: int) -> tuple[float, float]:
     per_param = BYTES_PER_BF16_PARAM if bf16 else BYTES_PER_FROZEN_PARAM
     # the teachers this worker runs: a precomputed one (a shard column) costs only its batch columns, and with
     # model.teacher_placement "data" every teacher runs in the Ray Data stage, on its own resources
-    teachers = sorted(
-        {t.name for t in cfg.model.teachers if not t.column and cfg.model.teacher_placement == "worker"}
-    )
+    teachers = sorted({t.name for t in cfg.model.teachers if not t.column and cfg.model.teacher_placement == "worker"})
     weights = sum(_num_params(t) * per_param for t in teachers)
     if cfg.loss.lambda_feat > 0 and feat_target(cfg) == "initial":
         weights += _num_params(cfg.model.student) * BYTES_PER_FROZEN_PARAM

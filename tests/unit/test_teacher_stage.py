@@ -73,3 +73,32 @@ def test_with_data_placement_the_workers_load_no_teacher_and_the_stage_skips_col
     out = TeacherStage(to_dict(two))(_rows(two))
     assert "teacher0_crop" in out and not any(k.startswith("teacher1") for k in out)
     assert "teacher0_feat" not in out  # L_feat off: no features travel
+
+
+def test_teacher_node_type_and_memory_estimate_without_the_teacher(tmp_path):
+    from pathlib import Path
+
+    from dad_ray.cluster import estimate_gpu_memory_gib, load_cluster_config, node_types
+
+    types = node_types(load_cluster_config(Path(__file__).parents[2] / "cluster.yaml"))
+    assert types["gpu_teacher_l4"].gpus == 4 and types["gpu_teacher_l4"].gpu_mem_gib == 22.0
+    worker = estimate_gpu_memory_gib(build_config("nyu_vitl_to_vitb"))
+    data = estimate_gpu_memory_gib(build_config("nyu_vitl_to_vitb", overrides={"model.teacher_placement": "data"}))
+    # the ViT-L teacher (bf16, ~0.6 GiB) leaves the workers; the frozen initial student copy (L_feat) stays
+    assert worker.parts_gib["teacher_weights"] - data.parts_gib["teacher_weights"] > 0.5
+    assert data.total_gib < worker.total_gib
+
+
+def test_stage_config_is_validated():
+    with pytest.raises(ValueError, match="model.teacher_stage.actors"):
+        build_config("smoke", overrides={"model.teacher_stage.actors": 0})
+    with pytest.raises(ValueError, match="teacher_placement"):
+        build_config("smoke", overrides={"model.teacher_placement": "gpu"})
+
+
+def test_benchmark_counts_the_issues_flops_on_the_smoke_preset():
+    from dad_ray.bench.teacher_stage import count_sample_flops
+
+    f = count_sample_flops(build_config("smoke"))
+    assert f["teacher_tflop"] > 0 and f["student_tflop"] > 0
+    assert f["teacher_per_student_gpu"] == pytest.approx(f["teacher_tflop"] / f["student_tflop"])
