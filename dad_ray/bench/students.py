@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dad_ray.bench import median_seconds
 from dad_ray.config import ExperimentConfig, add_config_args, config_from_args
 from dad_ray.models import ZOO, create_model
 
@@ -53,20 +53,10 @@ def count_gflops(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def torch_latency_ms(model: torch.nn.Module, size: int, repeats: int) -> float:
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode():
-        return _median_ms(lambda: model(x), repeats)
+        return 1e3 * median_seconds(lambda: model(x), repeats)
 
 
 def onnx_latency_ms(model: torch.nn.Module, size: int, repeats: int, workdir: Path) -> float:
@@ -83,7 +73,7 @@ def onnx_latency_ms(model: torch.nn.Module, size: int, repeats: int, workdir: Pa
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, size, size), np.float32)}
-    return _median_ms(lambda: session.run(None, feed), repeats)
+    return 1e3 * median_seconds(lambda: session.run(None, feed), repeats)
 
 
 def distill(cfg: ExperimentConfig, student: str, steps: int, output: str) -> dict[str, Any]:

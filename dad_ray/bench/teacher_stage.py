@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dad_ray.bench import add_json_arg, write_json
+from dad_ray.bench import add_json_arg, median_seconds, write_json
 from dad_ray.bench.gpu import random_weights
 from dad_ray.config import ExperimentConfig, build_config
 from dad_ray.models import create_model
@@ -73,16 +72,6 @@ def count_sample_flops(cfg: ExperimentConfig) -> dict[str, float]:
     return {"teacher_tflop": t, "student_tflop": s, "teacher_share": t / (t + s), "teacher_per_student_gpu": t / s}
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def component_times(cfg: ExperimentConfig, batch: int, threads: int, repeats: int) -> dict[str, float]:
     """Seconds per batch on ``threads`` CPU threads: the whole step (teacher inside), the teacher's forward alone,
     the student's step with the teacher's labels carried by the batch."""
@@ -109,9 +98,9 @@ def component_times(cfg: ExperimentConfig, batch: int, threads: int, repeats: in
         step.micro(carried)
         step.optimizer_step()
 
-    out = {"whole_s": _median_s(whole, repeats), "student_s": _median_s(student, repeats)}
+    out = {"whole_s": median_seconds(whole, repeats), "student_s": median_seconds(student, repeats)}
     with torch.inference_mode():
-        out["teacher_s"] = _median_s(teacher, repeats)
+        out["teacher_s"] = median_seconds(teacher, repeats)
     return out
 
 
