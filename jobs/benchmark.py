@@ -25,12 +25,13 @@ BENCHMARKS = ("losses", "models", "data", "train", "tune", "students", "gpu", "c
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=BENCHMARKS)
-    args, rest = parser.parse_known_args(argv)
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options (see NAME --help)")
+    args = parser.parse_args(argv)
     from dad_ray.logging_utils import setup_logging
 
     setup_logging()
     module = importlib.import_module(f"dad_ray.bench.{args.name.replace('-', '_')}")
-    print(module.main(rest))  # the report (Markdown) on stdout; progress went to the log
+    print(module.main(args.options))  # the report (Markdown) on stdout; progress went to the log
     return 0
 
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dad_ray.bench import add_json_arg, write_json
-from dad_ray.config import add_config_args, config_from_args
+from dad_ray.config import add_config_args, config_from_args, config_to_yaml
 from dad_ray.data.augment import IMAGE_COLUMNS, AugmentSpec, augment_sample, normalize_uint8, sample_rng
 from dad_ray.data.codec import decode_depth, decode_image
 from dad_ray.data.pipeline import TRAIN_COLUMNS
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> str:
     add_json_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="default")
+    if args.print_config:  # the resolved config is the report; nothing runs
+        return config_to_yaml(cfg)
     from dad_ray.data import ensure_synthetic
     from dad_ray.data.shards import shard_files
     from dad_ray.runtime import ray_session

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from dad_ray.bench import median_seconds
-from dad_ray.config import ExperimentConfig, add_config_args, config_from_args
+from dad_ray.config import ExperimentConfig, add_config_args, config_from_args, config_to_yaml
 from dad_ray.models import ZOO, create_model
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> str:
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="zoo_cpu")
+    if args.print_config:  # the resolved config is the report; nothing runs
+        return config_to_yaml(cfg)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from dad_ray.bench import add_json_arg, write_json
-from dad_ray.config import ExperimentConfig, add_config_args, config_from_args, from_dict, to_dict
+from dad_ray.config import ExperimentConfig, add_config_args, config_from_args, config_to_yaml, from_dict, to_dict
 from dad_ray.models import create_model, save_weights
 from dad_ray.train.step import TrainStep, build_plain_step, synthetic_batch
 
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> str:
     add_json_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, default_preset="default")
+    if args.print_config:  # the resolved config is the report; nothing runs
+        return config_to_yaml(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         teachers = []
         for i, t in enumerate(cfg.model.teachers):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dad_ray.bench.gpu import PHASES, mfu, peak_bf16_tflops
 
@@ -146,12 +147,23 @@ def _cli_benchmarks() -> tuple[str, ...]:
 
 @pytest.mark.parametrize("name", _cli_benchmarks())
 def test_every_benchmark_takes_json(name, capsys):
-    import importlib
+    from jobs.benchmark import main
 
-    module = importlib.import_module(f"dad_ray.bench.{name.replace('-', '_')}")  # as jobs/benchmark.py does
-    with pytest.raises(SystemExit):
-        module.main(["--help"])
-    assert "--json" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])  # the benchmark's own help, not the dispatcher's
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--json" in out and "{losses," not in out
+
+
+@pytest.mark.parametrize("name", ["data", "train", "students"])
+def test_benchmarks_with_a_config_print_it_and_run_nothing(name, capsys, monkeypatch):
+    from jobs.benchmark import main
+
+    monkeypatch.setattr("dad_ray.runtime.ray_session", None)  # starting Ray would fail loudly
+    assert main([name, "--print-config", "--set", "train.seed=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["seed"] == 7
 
 
 def test_losses_benchmark_writes_its_figures(tmp_path):
