@@ -27,6 +27,7 @@ written and each unreadable one is logged as a warning and listed with its reaso
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -155,12 +156,14 @@ def collect_uri_images(inputs: Sequence[str]) -> tuple[Any, list[str], str]:
     return fs, files, root
 
 
-def write_prediction(disparity: np.ndarray, out_dir: Path, stem: Path, cmap: str) -> None:
-    """Write ``<out>/<stem>.npy`` (float32 (H, W)) and ``<out>/<stem>.png`` (colour-mapped)."""
-    target = out_dir / stem
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.save(target.with_suffix(".npy"), disparity.astype(np.float32, copy=False))
-    Image.fromarray(colorize(disparity, cmap=cmap)).save(target.with_suffix(".png"))
+def write_prediction(disparity: np.ndarray, out: str, stem: Path, cmap: str) -> None:
+    """Write ``<out>/<stem>.npy`` (float32 (H, W)) and ``<out>/<stem>.png`` (colour-mapped); ``out`` is a local
+    directory or a storage URI (on a cluster the driver's disk is not where anybody looks)."""
+    npy, png = io.BytesIO(), io.BytesIO()
+    np.save(npy, disparity.astype(np.float32, copy=False))
+    Image.fromarray(colorize(disparity, cmap=cmap)).save(png, format="PNG")
+    storage.write_path(storage.join(out, f"{stem.as_posix()}.npy"), npy.getvalue())
+    storage.write_path(storage.join(out, f"{stem.as_posix()}.png"), png.getvalue())
 
 
 @dataclass
@@ -236,12 +239,11 @@ def predict_local(files: Sequence[Path], root: Path, opts: PredictOptions) -> Pr
     predictor = DepthPredictor(
         opts.model, opts.checkpoint, opts.input_size, opts.device, opts.batch_size, amp_dtype=opts.amp_dtype
     )
-    out_dir = Path(opts.out)
     summary = PredictSummary()
     with tqdm(total=len(files), desc="predict", unit="img") as bar:
         for paths, images in _batches_by_size(files, opts.batch_size, summary, opts.skip_bad):
             for path, disparity in zip(paths, predictor.predict(images)):
-                write_prediction(disparity, out_dir, output_stem(path, root), opts.cmap)
+                write_prediction(disparity, opts.out, output_stem(path, root), opts.cmap)
             summary.written += len(paths)
             bar.update(len(paths))
     return summary
@@ -313,7 +315,6 @@ def predict_dataset(
         **plan.resources,
     )
     logger.info("Ray Data inference: %d actor(s) with %s, batch %d", plan.count, plan.resources, opts.batch_size)
-    out_dir = Path(opts.out)
     summary = PredictSummary()
     with tqdm(total=total, desc="predict (ray)", unit="img") as bar:
         for batch in predicted.iter_batches(batch_size=opts.batch_size, batch_format="numpy"):
@@ -328,7 +329,7 @@ def predict_dataset(
                     stem = Path(_SAFE_NAME.sub("_", str(batch[name_column][i])))
                 else:
                     stem = output_stem(str(batch[name_column][i]), root)
-                write_prediction(np.asarray(disparities[i]), out_dir, stem, opts.cmap)
+                write_prediction(np.asarray(disparities[i]), opts.out, stem, opts.cmap)
                 summary.written += 1
             bar.update(len(disparities))
     return summary
@@ -394,11 +395,7 @@ def predict_shards(path: str | Path, opts: PredictOptions) -> PredictSummary:
 
 
 def _write_skipped(summary: PredictSummary, out: str) -> None:
-    target = Path(out) / SKIPPED_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary.skipped, indent=2) + "\n")
-    os.replace(tmp, target)
+    storage.write_path(storage.join(out, SKIPPED_FILE), json.dumps(summary.skipped, indent=2) + "\n")
 
 
 def predict_inputs(

@@ -189,3 +189,29 @@ def test_copy_student_uploads_to_a_uri(aws_env, tmp_path):
     dest = aws_env.uri("teachers", "boot.safetensors")
     copy_student(result, dest)
     assert storage.read_path(dest) == b"weights"
+
+
+def test_predictions_are_written_to_a_uri(aws_env, tmp_path):
+    """jobs/predict.py --out s3://…: each image's .npy and .png land in the bucket, equal to a local run's."""
+    import numpy as np
+    from PIL import Image
+
+    from dad_ray.inference.predict import PredictOptions, predict_inputs
+    from dad_ray.models import create_model, save_weights
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.png"):
+        Image.fromarray(rng.integers(0, 256, (28, 42, 3), dtype=np.uint8)).save(images / name)
+    checkpoint = save_weights(create_model("dav2_micro"), tmp_path / "micro.safetensors")
+
+    def run(out: str):
+        opts = PredictOptions(model="dav2_micro", checkpoint=str(checkpoint), out=out, input_size=28, batch_size=2)
+        return predict_inputs([str(images)], opts, ray_mode="off")
+
+    assert run(aws_env.uri("preds")).written == 2
+    assert run(str(tmp_path / "local")).written == 2
+    for stem in ("a", "sub/b"):
+        for ext in ("npy", "png"):
+            assert aws_env.read(f"preds/{stem}.{ext}") == (tmp_path / "local" / f"{stem}.{ext}").read_bytes()
