@@ -8,7 +8,11 @@ Layout of one checkpoint directory (Ray merges the files every rank writes into 
     config.yaml             the resolved experiment config
     rng_rank{R}.pt          each rank's torch / CUDA / NumPy / Python RNG states
     data_position.json      {"step", "epoch", "epoch_batches"}: where in the data the run stands (also in
-                            trainer_state.pt), read before the workers start to build the resumed epoch's dataset
+                            trainer_state.pt), read before the workers start to build the resumed epoch's dataset.
+                            Written by rank 0 into the stored checkpoint only once Ray Train has committed it
+                            (:func:`mark_committed`): an uploaded but uncommitted checkpoint — its node died
+                            between the upload and the controller's registration — has none, so the dataset is
+                            never built for a checkpoint no worker resumes from.
 
 ``trainer_state.pt`` and ``rng_rank*.pt`` hold only tensors and plain Python containers, so they load with
 ``torch.load(weights_only=True)``. A worker names what it checkpoints once, as :class:`Checkpointed`, and saves and
@@ -107,9 +111,21 @@ def save_checkpoint(
             directory / STATE_FILE,
         )
         save_config(cfg, directory / CONFIG_FILE)
-        position = {"step": state.step, "epoch": state.epoch, "epoch_batches": state.epoch_batches}
-        (directory / DATA_POSITION_FILE).write_text(json.dumps(position))
     return directory
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """The directory name of the checkpoint at ``step`` in Ray Train's run directory (sorts by step)."""
+    return f"checkpoint_step{step:07d}"
+
+
+def mark_committed(checkpoints: str, state: TrainState) -> None:
+    """Write ``data_position.json`` into the stored checkpoint of ``state.step`` under ``checkpoints`` (local or
+    URI), once Ray Train has committed it: from then on :func:`latest_data_position` builds resumed data for it."""
+    position = {"step": state.step, "epoch": state.epoch, "epoch_batches": state.epoch_batches}
+    storage.write_path(
+        storage.join(checkpoints, checkpoint_dir_name(state.step), DATA_POSITION_FILE), json.dumps(position)
+    )
 
 
 def load_checkpoint(
@@ -147,9 +163,9 @@ def load_checkpoint(
 
 
 def latest_data_position(checkpoints: str) -> dict[str, int] | None:
-    """``{"step", "epoch", "epoch_batches"}`` of the newest checkpoint (``checkpoint_step<7 digits>``) in Ray
-    Train's run directory ``checkpoints`` (local or URI) — the one Ray Train resumes from, as the worker blocks
-    until each checkpoint is committed; None without one."""
+    """``{"step", "epoch", "epoch_batches"}`` of the newest committed checkpoint (``checkpoint_step<7 digits>`` with
+    its :func:`mark_committed` marker) in Ray Train's run directory ``checkpoints`` (local or URI) — the one Ray
+    Train resumes from; None without one."""
     names = sorted((n for n in storage.children(checkpoints) if re.fullmatch(r"checkpoint_step\d+", n)), reverse=True)
     for name in names:
         path = storage.join(checkpoints, name, DATA_POSITION_FILE)
@@ -158,17 +174,29 @@ def latest_data_position(checkpoints: str) -> dict[str, int] | None:
     return None
 
 
-def check_data_position(state: TrainState, checkpoints: str) -> None:
+def check_data_position(state: TrainState, checkpoints: str, rank: int = 0) -> None:
     """A resumed worker's check that the dataset was built for its checkpoint's epoch (Ray Train built it from
-    :func:`latest_data_position` just before): a mismatch would replay another epoch's data, so it is an error."""
+    :func:`latest_data_position` just before): a mismatch would replay another epoch's data, so it is an error.
+
+    One mismatch is repairable: the checkpoint Ray Train resumed from was committed, but its node died in the
+    milliseconds before rank 0 marked it. Rank 0 marks it now and the error (a worker failure) makes Ray Train start
+    the workers again, with the dataset built for this checkpoint."""
     position = latest_data_position(checkpoints)
     built_for = position["epoch"] if position else 0
-    if built_for != state.epoch:
-        raise RuntimeError(
-            f"{checkpoints}: resumed from a checkpoint at step {state.step} (epoch {state.epoch}), but the training "
-            f"data was built for epoch {built_for} (the newest checkpoint there, {position}); the run cannot "
-            "continue on the data the uninterrupted run would have seen"
+    if built_for == state.epoch:
+        return
+    unmarked = state.step > (position["step"] if position else 0)
+    if unmarked and rank == 0:
+        mark_committed(checkpoints, state)
+    raise RuntimeError(
+        f"{checkpoints}: resumed from a checkpoint at step {state.step} (epoch {state.epoch}), but the training "
+        f"data was built for epoch {built_for} (the newest committed checkpoint there, {position}); "
+        + (
+            "it is marked committed now: the workers restart on the right data"
+            if unmarked
+            else "the run cannot continue on the data the uninterrupted run would have seen"
         )
+    )
 
 
 class Stateful(Protocol):

@@ -15,6 +15,7 @@ parts are one :class:`~dad_ray.train.checkpoint.Checkpointed`, saved and restore
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -32,7 +33,13 @@ from dad_ray.logging_utils import setup_logging
 from dad_ray.losses import disparity_target
 from dad_ray.metrics import MetricAccumulator, evaluate_prediction
 from dad_ray.train.autobatch import resolve_batch_size
-from dad_ray.train.checkpoint import Checkpointed, TrainState, check_data_position
+from dad_ray.train.checkpoint import (
+    Checkpointed,
+    TrainState,
+    check_data_position,
+    checkpoint_dir_name,
+    mark_committed,
+)
 from dad_ray.train.monitor import JOURNAL_FILE, Journal, Monitor, scale_stats
 from dad_ray.train.schedule import build_optimizer, group_lrs
 from dad_ray.train.step import MicroStep, TrainStep, autocast_context, build_teachers, compile_student
@@ -140,6 +147,21 @@ def gather_node_ids() -> list[str]:
     return all_gather(ray.get_runtime_context().get_node_id())
 
 
+@contextlib.contextmanager
+def private_copy(checkpoint: ray.train.Checkpoint) -> Iterator[str]:
+    """The checkpoint as a local directory of this process's own. ``Checkpoint.as_directory`` shares one download
+    per node among the processes that ask at the same time, and one rank's clean-up (or a late rank's second
+    download) can delete or rewrite the files under another rank's reads: two ranks resumed on one node after a
+    node loss saw ``EOFError`` in ``torch.load``. A local checkpoint is read where it is."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    with tempfile.TemporaryDirectory(prefix="dad_ray_resume_") as tmp:
+        yield checkpoint.to_directory(tmp)
+
+
 @torch.no_grad()
 def validate(student: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
     """Validation on this rank's part of the held-out split, reduced exactly across ranks (sums and counts)."""
@@ -206,9 +228,9 @@ class DistillWorker:
         """Restore the checkpointed parts, counters and this rank's RNG (no-op without a checkpoint)."""
         if checkpoint is None:
             return
-        with checkpoint.as_directory() as ckpt_dir:
+        with private_copy(checkpoint) as ckpt_dir:
             self.state = self.checkpointed.load(ckpt_dir, rank=self.rank)
-        check_data_position(self.state, self.checkpoints_dir)  # the dataset starts at this checkpoint's epoch
+        check_data_position(self.state, self.checkpoints_dir, self.rank)  # the dataset starts at this epoch
         logger.info(
             "resumed from checkpoint at step %d (epoch %d, %d micro-batches into it)",
             self.state.step,
@@ -342,12 +364,14 @@ class DistillWorker:
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_step{metrics['step']:07d}",
+                checkpoint_dir_name=checkpoint_dir_name(metrics["step"]),
             )
         # Ray Train V2's controller registers a reported checkpoint when it next polls the workers; a worker that dies
         # before that poll would be restarted from the previous checkpoint (or from step 0: Ray issue #46814). Block
         # until this checkpoint is committed, so "restart from the last checkpoint" means the one just written.
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        if self.rank == 0:  # only now may a restarted run build its data for this checkpoint
+            mark_committed(self.checkpoints_dir, self.state)
 
     def end_epoch(self, n_batches: int) -> None:
         """Count the epoch; an epoch without a single batch is an error (the loop would never end). ``n_batches``

@@ -1,12 +1,16 @@
 """Local Ray clusters for integration tests, on 127.0.0.1 only, that clean up exactly what they started.
 
-Two shapes:
+Three shapes:
 
 - :func:`multinode_cluster`: a head and N worker nodes in this process via ``ray.cluster_utils.Cluster`` (custom
   resources tell the nodes apart); the driver connects to it. Stop = ``Cluster.shutdown()``.
 - :func:`ray_head`: ``ray start --head --block`` as a child process in its own session with its own temp dir, ports
   and auth token, for ``ray job submit`` tests. Stop = SIGTERM/SIGKILL to that process group, then any process whose
   command line names the cluster's private temp dir (all of them ours).
+- :func:`job_cluster`: a head with the job API plus N worker nodes, each node its own temp dir, held by a child
+  process (this file run as a script) whose environment carries the auth token, the loopback setting and e.g. the
+  object store's AWS variables before it imports Ray; the test talks to it through ``ray job submit`` and tells it
+  to kill a node. Stop = ``stop`` on its stdin, then the same process-group clean-up as ``ray_head``.
 
 The machine is shared: nothing here calls ``ray stop``, uses default ports, or touches ``/tmp/ray`` (the default temp
 dir whose ``ray_current_cluster`` file other people's ``ray.init()`` would connect to).
@@ -15,14 +19,17 @@ dir whose ``ray_current_cluster`` file other people's ``ray.init()`` would conne
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -304,3 +311,171 @@ def _wait_for_job_api(head: RayHead, timeout_s: float) -> None:
             last_error = err
             time.sleep(1.0)
     raise TimeoutError(f"job API at {head.dashboard_url} not up after {timeout_s:.0f} s: {last_error}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several nodes in a child process, for `ray job submit`: the multi-node cluster of the README's cluster commands
+
+
+@dataclass
+class JobCluster:
+    process: subprocess.Popen  # the child that holds the ``Cluster`` (it reads commands on stdin)
+    root: str  # private temp root: ``head/`` and ``node<i>/``, each node's own Ray temp dir (nothing shared)
+    gcs_address: str
+    dashboard_url: str
+    node_ids: list[str]  # Ray node ids of the worker nodes, in the order of the ``workers`` argument
+    env: dict[str, str]  # environment for the `ray` CLI: token, loopback, PATH, RAY_ADDRESS = the job API
+    log_path: Path
+    _lines: queue.Queue = field(default_factory=queue.Queue, repr=False)
+
+    def kill_node(self, index: int, timeout_s: float = 120) -> None:
+        """Remove worker node ``index`` at once (no graceful shutdown: its raylet and workers are killed)."""
+        self.process.stdin.write(f"kill {index}\n")
+        self.process.stdin.flush()
+        _expect(self, f"killed {index}", timeout_s)
+
+    def cli(
+        self, *args: str, timeout: float = 600, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None
+    ) -> subprocess.CompletedProcess:
+        """``ray <args>`` with this cluster's CLI environment plus ``env``; never raises on rc (a command still
+        running after ``timeout`` raises ``subprocess.TimeoutExpired``)."""
+        return subprocess.run(
+            [os.path.join(VENV_BIN, "ray"), *args],
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _expect(cluster: JobCluster, prefix: str, timeout_s: float) -> str:
+    """The next line the child prints that starts with ``prefix`` (others are logged); fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            line = cluster._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
+        if line is None:  # closed, or nothing in time
+            log = cluster.log_path.read_text(errors="replace")[-6000:]
+            state = "exited" if cluster.process.poll() is not None else f"silent for {timeout_s:.0f} s"
+            raise RuntimeError(f"cluster process {state} while waiting for {prefix!r}; its log ends with:\n{log}")
+        if line.startswith(prefix):
+            return line
+        logger.info("cluster process: %s", line)
+
+
+@contextlib.contextmanager
+def job_cluster(
+    workers: Sequence[dict],
+    head_cpus: float = 0,
+    env: dict[str, str] | None = None,
+    object_store_mb: int = 100,
+    startup_timeout_s: float = 300,
+) -> Iterator[JobCluster]:
+    """A head (``head_cpus``, the dashboard and job API on 127.0.0.1) plus one worker node per ``workers`` entry
+    (``Cluster.add_node`` arguments), every node with its own temp dir, in a child process started with ``env`` (e.g.
+    the object store's AWS variables: the nodes' environment, as on a real cluster), token auth and the loopback
+    setting in its environment before it imports Ray (so every Ray process it starts has them too). Yields once the
+    job API answers; stops exactly what it started."""
+    root = short_temp_dir("jc")
+    dashboard_port, gcs_port, agent_port = free_ports(3)
+    token = uuid.uuid4().hex + uuid.uuid4().hex
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    path = {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}  # the jobs' `python` resolves here
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
+    spec = {
+        "root": root,
+        "head_cpus": head_cpus,
+        "workers": list(workers),
+        "ports": [dashboard_port, gcs_port, agent_port],
+        "object_store_mb": object_store_mb,
+    }
+    log_path = Path(root) / "cluster.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, __file__, json.dumps(spec)],
+            env={**base, **LOOPBACK_ENV, **path, **auth, **(env or {})},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+        )
+    url = f"http://{LOOPBACK}:{dashboard_port}"
+    cli_env = {**base, **LOOPBACK_ENV, **path, **auth, "RAY_ADDRESS": url}
+    cluster = JobCluster(process, root, f"{LOOPBACK}:{gcs_port}", url, [], cli_env, log_path)
+    reader = threading.Thread(target=_pump, args=(process.stdout, cluster._lines), daemon=True)
+    reader.start()
+    try:
+        ready = json.loads(_expect(cluster, "READY ", startup_timeout_s)[len("READY ") :])
+        cluster.node_ids = ready["node_ids"]
+        logger.info("job cluster: head %s + %d nodes, job API %s (%s)", cluster.gcs_address, len(workers), url, root)
+        yield cluster
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.stdin.write("stop\n")
+                process.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
+        _kill_group(process, root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def _serve(spec: dict) -> None:
+    """The child of :func:`job_cluster`: build the cluster, print ``READY {node_ids}``, then obey ``kill <i>`` and
+    ``stop`` lines on stdin (EOF = stop)."""
+    from ray.cluster_utils import Cluster
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    root, mb = spec["root"], spec["object_store_mb"] << 20
+    dashboard_port, gcs_port, agent_port = spec["ports"]
+    head_dir = os.path.join(root, "head")
+    head_args = {
+        "temp_dir": head_dir,
+        "node_ip_address": LOOPBACK,
+        "object_store_memory": mb,
+        "num_cpus": spec["head_cpus"],
+        "gcs_server_port": gcs_port,
+        "dashboard_agent_listen_port": agent_port,
+        "include_dashboard": True,
+        "dashboard_host": LOOPBACK,
+        "dashboard_port": dashboard_port,
+    }
+    # Cluster writes/deletes the default /tmp/ray/ray_current_cluster, which other people's ray.init() reads: keep
+    # it out of that file. The job supervisor reads the address from the head's own temp dir, written below.
+    with (
+        mock.patch("ray._private.utils.write_ray_address"),
+        mock.patch("ray._common.utils.reset_ray_address"),
+    ):
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args=head_args, shutdown_at_exit=False)
+        try:
+            Path(head_dir, "ray_current_cluster").write_text(cluster.gcs_address)
+            nodes = [
+                cluster.add_node(temp_dir=os.path.join(root, f"node{i}"), node_ip_address=LOOPBACK,
+                                 object_store_memory=mb, **w)
+                for i, w in enumerate(spec["workers"])
+            ]  # fmt: skip
+            cluster.wait_for_nodes(timeout=300)
+            print("READY " + json.dumps({"node_ids": [n.node_id for n in nodes]}), flush=True)
+            for line in sys.stdin:
+                command = line.split()
+                if command[:1] == ["kill"]:
+                    cluster.remove_node(nodes[int(command[1])], allow_graceful=False)
+                    print(f"killed {command[1]}", flush=True)
+                elif command[:1] == ["stop"]:
+                    break
+        finally:
+            cluster.shutdown()
+
+
+if __name__ == "__main__":
+    _serve(json.loads(sys.argv[1]))

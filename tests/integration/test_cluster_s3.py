@@ -1,10 +1,11 @@
-"""The jobs with everything in a bucket: an S3-compatible endpoint on loopback (moto's server, tests/s3_bed.py),
-reached by the jobs as a user reaches MinIO or R2 — the standard AWS environment for the distillation, the endpoint
-in the URI's query (Ray's storage-test style) for the Tune experiment. The jobs run as CLIs, each with its own
-local Ray; the secret key is set in their environment only and must not appear in their output or in any file of
-the run (config, journal, TensorBoard events).
+"""A Tune experiment in a bucket whose endpoint is named only in the URI's query (Ray's storage-test style:
+``s3://bucket/tune?endpoint_override=HOST:PORT&scheme=http``), on an S3-compatible server on loopback (moto's,
+tests/s3_bed.py): trials write there, the analysis reads it back, ``--resume`` continues it. The jobs run as CLIs,
+each with its own local Ray; the secret key is set in their environment only and must not appear in their output or
+in any object written.
 
-(The multi-node variant with ``ray job submit`` is not here yet: see .notes/issue-14.md.)
+The distillation with its data and run in the bucket (through the standard AWS variables) is part of the
+multi-node end-to-end test of the README's cluster commands: tests/integration/test_cluster_e2e.py.
 """
 
 from __future__ import annotations
@@ -63,26 +64,6 @@ def assert_secret_absent(s3, output: str, keys: list[str]) -> None:
     assert s3.secret not in output
     leaked = [key for key in keys if s3.secret.encode() in s3.read(key)]
     assert leaked == []
-
-
-def test_distillation_with_data_and_run_in_the_bucket_via_the_aws_environment(s3, smoke_assets, tmp_path):
-    data, runs = s3.uri("smoke_shards"), s3.uri("runs")
-    proc = run_job(
-        "distill.py",
-        *("--preset", "smoke", "--output", runs, "--name", "smoke_s3"),
-        *("--set", f"data.root={data}", "--set", f"model.teachers.0.weights={smoke_assets.teacher}"),
-        env=s3.env,
-        cwd=tmp_path,
-    )
-    keys = s3.keys()
-    run = [k for k in keys if k.startswith("runs/smoke_s3/")]
-    names = {k[len("runs/smoke_s3/") :] for k in run}
-    assert {"config.yaml", "final_metrics.json", "progress.jsonl", "student.safetensors"} <= names
-    assert any(n.startswith("tensorboard/events.out.tfevents") for n in names)
-    assert any(n.startswith("checkpoints/checkpoint_step0000012/") and n.endswith("student.safetensors") for n in names)
-    assert {f"smoke_shards/{split}/manifest.json" for split in ("train", "test")} <= set(keys)
-    assert not list(tmp_path.glob("s3:*")), "a URI was turned into a local path"
-    assert_secret_absent(s3, proc.stdout + proc.stderr, run)
 
 
 def test_tune_experiment_in_the_bucket_via_the_uris_query(s3, smoke_assets, tmp_path):

@@ -1,6 +1,5 @@
 """The worker's pieces that run without Ray: the checkpointed unit and the data-wait timer."""
 
-import json
 
 import pytest
 import torch
@@ -14,8 +13,10 @@ from dad_ray.train.checkpoint import (
     Checkpointed,
     TrainState,
     check_data_position,
+    checkpoint_dir_name,
     latest_data_position,
     load_checkpoint,
+    mark_committed,
 )
 from dad_ray.train.schedule import build_optimizer
 from dad_ray.train.task import StudentTask
@@ -55,7 +56,7 @@ def test_checkpointed_saves_and_restores_one_unit_in_the_checkpoint_format(tmp_p
     assert set(blob) == {
         "optimizer", "scheduler", "modules", "step", "epoch", "epoch_batches", "val_round", "best_abs_rel", "extra",
     }  # fmt: skip
-    assert json.loads((tmp_path / DATA_POSITION_FILE).read_text()) == {"step": 3, "epoch": 1, "epoch_batches": 5}
+    assert not (tmp_path / DATA_POSITION_FILE).exists()  # marked only once Ray Train committed the checkpoint
     assert set(blob["modules"]) == {"feat_proj"} and set(blob["extra"]) == {"teachers"}
 
     restored_draws = Draws(99)
@@ -104,20 +105,33 @@ def test_timed_counts_only_the_wait_for_each_item(monkeypatch):
     assert list(timed([])) == []
 
 
-def test_the_newest_checkpoints_data_position_is_what_a_resumed_run_builds_its_data_for(tmp_path):
-    """Ray Train's dataset factory reads the newest checkpoint's data position (directory names sort by step); a
-    worker resumed from another checkpoint refuses to go on with data built for the wrong epoch."""
+def test_the_newest_committed_checkpoints_data_position_is_what_a_resumed_run_builds_its_data_for(tmp_path):
+    """Ray Train's dataset factory reads the newest committed checkpoint's data position (directory names sort by
+    step; a checkpoint is marked once committed); a worker resumed from another checkpoint refuses to go on with
+    data built for the wrong epoch — unless its checkpoint only lacked the mark (its node died between the commit and
+    the mark): rank 0 marks it and the workers restart on the right data."""
     runs = tmp_path / "checkpoints"
     assert latest_data_position(str(runs)) is None  # no run yet: epoch 0
     check_data_position(TrainState(), str(runs))
     for step, epoch, taken in ((6, 0, 6), (16, 1, 4), (12, 1, 0)):
-        (runs / f"checkpoint_step{step:07d}").mkdir(parents=True)
-        position = {"step": step, "epoch": epoch, "epoch_batches": taken}
-        (runs / f"checkpoint_step{step:07d}" / DATA_POSITION_FILE).write_text(json.dumps(position))
-    (runs / "checkpoint_step0000020").mkdir()  # an upload cut short: no data position, not a checkpoint to use
+        (runs / checkpoint_dir_name(step)).mkdir(parents=True)
+        mark_committed(str(runs), TrainState(step=step, epoch=epoch, epoch_batches=taken))
+    (runs / "checkpoint_step0000020").mkdir()  # uploaded, never committed (its node died): no mark, not used
+    (runs / "checkpoint_step0000020" / STATE_FILE).write_bytes(b"")
     (runs / ".validate_storage_marker").write_text("")
     assert latest_data_position(str(runs)) == {"step": 16, "epoch": 1, "epoch_batches": 4}
     assert latest_data_position(f"file://{runs}") == {"step": 16, "epoch": 1, "epoch_batches": 4}
     check_data_position(TrainState(step=16, epoch=1, epoch_batches=4), str(runs))
-    with pytest.raises(RuntimeError, match=r"step 6 \(epoch 0\).*built for epoch 1"):
+    with pytest.raises(RuntimeError, match=r"step 6 \(epoch 0\).*built for epoch 1.*cannot continue"):
         check_data_position(TrainState(step=6, epoch=0, epoch_batches=6), str(runs))
+
+    # committed at step 24 (epoch 2), the node lost before the mark: rank 1 only reports, rank 0 marks
+    (runs / checkpoint_dir_name(24)).mkdir()
+    resumed = TrainState(step=24, epoch=2, epoch_batches=2)
+    with pytest.raises(RuntimeError, match="marked committed now"):
+        check_data_position(resumed, str(runs), rank=1)
+    assert latest_data_position(str(runs))["step"] == 16
+    with pytest.raises(RuntimeError, match="marked committed now"):
+        check_data_position(resumed, str(runs), rank=0)
+    assert latest_data_position(str(runs)) == {"step": 24, "epoch": 2, "epoch_batches": 2}
+    check_data_position(resumed, str(runs), rank=0)  # the restarted workers go on
