@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> str:
     synthetic = replace(cfg.data.synthetic, train_samples=args.samples, val_samples=1)
     data = replace(cfg.data, root=root, synthetic=synthetic, data_cpus=1.0)
     with ray_session(args.procs + 1, dashboard=False, log_to_driver=False):
-        ensure_synthetic(root, synthetic, splits=(data.train_split, data.val_split))
+        ensure_synthetic(root, synthetic, splits=tuple(dict.fromkeys((data.train_split, data.val_split))))
         manifest, files, _fs = shard_files(root, data.train_split)
         counts = [s["num_rows"] for s in manifest["shards"]]
         logger.info(

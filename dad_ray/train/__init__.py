@@ -13,6 +13,7 @@ from typing import Any
 _API = {
     "build_trainer": "trainer",
     "check_run_config": "experiment",
+    "copy_student": "trainer",
     "fit": "trainer",
     "run_dir": "trainer",
     "format_metrics_table": "experiment",

@@ -6,6 +6,8 @@ Layout of an experiment ``<output>/<experiment>/``:
     base_config.yaml        the resolved base config every trial starts from (paths made absolute)
     <trial dirs>/           Tune's own per-trial results (result.json, progress.csv, ray/tune/* event files)
     trials/<trial id>/      each trial's distillation run: config.yaml, tensorboard/ (+ HParams), checkpoints/
+    warm_start/             with ``warm_start_steps``: the shared distillation every trial starts from, and its
+                            ``student.safetensors`` (each trial's ``model.student_weights``)
     tuner.pkl, experiment_state-*.json   Tune's state (Tuner.restore)
 
 ``<output>`` may be a local directory or a URI (``s3://bucket/tune``, with ``?endpoint_override=…`` if needed): every
@@ -35,6 +37,7 @@ SPACE_FILE = "space.yaml"
 NAME_KEY = "_name"  # space.yaml's extra key: the experiment's name
 BASE_FILE = "base_config.yaml"
 TRIALS_DIR = "trials"
+WARM_START_DIR = "warm_start"
 
 
 def experiment_dir(output: str | os.PathLike, name: str) -> str:
@@ -139,6 +142,31 @@ def prepare(space: SearchSpace, output: str | os.PathLike, name: str | None = No
     return space, exp_dir
 
 
+def warm_start(space: SearchSpace, exp_dir: str) -> SearchSpace:
+    """With ``space.warm_start_steps``: run the shared distillation of the base config (``<exp>/warm_start/``; a
+    finished one is reused, an interrupted one resumes) and return the space with every trial's student initialised
+    from its student. The trials then compare what the searched values do from a student that already learned,
+    instead of ranking the noise of the first steps after a random initialisation."""
+    if space.warm_start_steps == 0:
+        return space
+    from dad_ray.train import copy_student, fit
+
+    dest = storage.join(exp_dir, WARM_START_DIR, "student.safetensors")
+    if not storage.is_file(dest):
+        cfg, steps = space.base, space.warm_start_steps
+        run = replace(
+            cfg,
+            optim=replace(cfg.optim, max_steps=steps, warmup_steps=min(cfg.optim.warmup_steps, steps // 2)),
+            train=replace(
+                cfg.train, name=WARM_START_DIR, output=exp_dir, val_every=steps, checkpoint_every=steps, image_every=0
+            ),
+        )
+        logger.info("warm start: %d steps of the base config → %s", steps, dest)
+        copy_student(fit(run), dest)
+    model = replace(space.base.model, student_weights=dest, student_init="full")
+    return replace(space, base=replace(space.base, model=model))
+
+
 def run_search(
     space: SearchSpace,
     output: str | os.PathLike,
@@ -150,6 +178,7 @@ def run_search(
     """Validate (already done by :func:`~dad_ray.tune.space.load_space`), prepare data/teacher once, then run every
     trial."""
     space, exp_dir = prepare(space, output, name)
+    space = warm_start(space, exp_dir)
     cfg = space.base
     concurrency = max_concurrent_trials or space.max_concurrent_trials or default_concurrency(space, cfg)
     logger.info(
@@ -207,8 +236,9 @@ def resume_search(exp_dir: str | os.PathLike, *, restart_errored: bool = False) 
     space = load_experiment_space(exp_dir)  # first: names a directory that is no experiment at all
     if not tune.Tuner.can_restore(exp_dir):
         raise FileNotFoundError(f"{exp_dir}: no Tune experiment state to resume from")
-    cfg = space.base
     init_ray()
+    space = warm_start(space, exp_dir)  # done already, unless the experiment was interrupted during it
+    cfg = space.base
     tuner = tune.Tuner.restore(
         exp_dir,
         trainable=_trainable(space, exp_dir, cfg),

@@ -18,6 +18,8 @@
     resources: {cpus_per_trial: 0.01, gpus_per_trial: 0}
     max_concurrent_trials: null       # null = cluster GPUs / GPUs per trial, or what fits the CPUs
     seed: 0
+    warm_start_steps: 0               # > 0: one shared distillation of the base config first (this many steps);
+                                      # every trial starts from its student (model.student_weights, init full)
 
 The file is read by the experiment config's own :func:`~dad_ray.config.core.from_dict` into :class:`SpaceFile`
 (unknown keys with close-match hints, types, ranges), then resolved into a :class:`SearchSpace` whose base is an
@@ -169,8 +171,10 @@ class SpaceFile:
     max_concurrent_trials: int | None = None  # null = computed by the driver from the cluster
     seed: int = 0
     time_budget_s: float | None = None
+    warm_start_steps: int = 0  # > 0: trials start from the student of one shared distillation of this many steps
 
     def __post_init__(self) -> None:
+        check(self.warm_start_steps >= 0, "warm_start_steps", f"must be >= 0, got {self.warm_start_steps}")
         check(
             self.base_preset is None or self.base_config is None,
             "base_config",
@@ -264,6 +268,7 @@ class SpaceFile:
             max_concurrent_trials=self.max_concurrent_trials,
             seed=self.seed,
             time_budget_s=self.time_budget_s,
+            warm_start_steps=self.warm_start_steps,
             source=source,
             path=path,
         )
@@ -351,6 +356,7 @@ class SearchSpace:
     max_concurrent_trials: int | None = None
     seed: int = 0
     time_budget_s: float | None = None
+    warm_start_steps: int = 0  # see SpaceFile; the driver runs it and points every trial's student at its result
     source: dict[str, Any] = field(default_factory=dict)  # the YAML as read, with --set overrides (saved with runs)
     path: str = "<space>"  # the file it was read from
 
@@ -455,6 +461,25 @@ def _check_horizon(space: SearchSpace) -> None:
     )
 
 
+WARM_START_FIXED = ("model.student", "model.student_weights", "model.student_init", "model.student_pretrained")
+
+
+def _check_warm_start(space: SearchSpace) -> None:
+    """A warm start initialises every trial's student from one shared run: the student architecture and its
+    initialisation must then be the same for every trial, and the base must not bring its own."""
+    if space.warm_start_steps == 0:
+        return
+    varied = [k for k in space.searched_keys if k in WARM_START_FIXED]
+    check(not varied, "warm_start_steps", f"trials start from one shared student: do not vary {', '.join(varied)}")
+    model = space.base.model
+    check(
+        model.student_init == "none" and not model.student_pretrained,
+        "warm_start_steps",
+        "the warm start sets the students' initial weights; the base config must not set model.student_weights / "
+        "student_init / student_pretrained",
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- loading
 
 
@@ -487,6 +512,7 @@ def parse_space(
         space = spec.resolve(path=path, name=name, source=data)
         _validate_values(space)
         _check_horizon(space)
+        _check_warm_start(space)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     return space

@@ -294,3 +294,33 @@ def test_a_space_takes_another_base_preset_or_config_file(tmp_path):
         load_space("loss_weights", base_preset="smoke", base_config=str(config))
     with pytest.raises(ConfigError, match="base_preset"):
         load_space("loss_weights", base_preset="no_such_preset")
+
+
+def test_warm_start_fixes_the_student_and_points_every_trial_at_its_result(tmp_path):
+    """warm_start_steps: the driver's shared run is reused when its student exists (no Ray needed then), and every
+    trial's config starts from it; a space cannot vary the student it shares, nor bring its own initialisation."""
+    from dad_ray.tune.driver import WARM_START_DIR, warm_start
+
+    text = "base_preset: smoke\nwarm_start_steps: 6\nparams: {optim.lr: {grid: [1.0e-3, 3.0e-3]}}\nscheduler: null\n"
+    space = parse_space(yaml.safe_load(text), path="<space>", name="ws")
+    assert space.warm_start_steps == 6
+    exp = tmp_path / "exp"
+    (exp / WARM_START_DIR).mkdir(parents=True)
+    (exp / WARM_START_DIR / "student.safetensors").write_bytes(b"stands in for the shared run's student")
+    warmed = warm_start(space, str(exp))
+    cfg = warmed.trial_config({"optim.lr": 3.0e-3}, name="t0", output=str(tmp_path / "trials"))
+    assert cfg.model.student_weights == str(exp / WARM_START_DIR / "student.safetensors")
+    assert cfg.model.student_init == "full" and cfg.optim.lr == 3.0e-3
+    assert warm_start(replace(space, warm_start_steps=0), str(exp)) == replace(space, warm_start_steps=0)
+
+    with pytest.raises(ConfigError, match=r"warm_start_steps.*do not vary model\.student"):
+        parse_space(yaml.safe_load(text + "variants: [{model.student: dav2_tiny}]\n"), path="<space>", name="ws")
+    own = text.replace(
+        "scheduler: null", "scheduler: null\noverrides: {model.student_weights: x.pt, model.student_init: full}"
+    )
+    with pytest.raises(ConfigError, match="must not set model.student_weights"):
+        parse_space(yaml.safe_load(own), path="<space>", name="ws")
+    with pytest.raises(ConfigError, match="warm_start_steps.*>= 0"):
+        parse_space(
+            yaml.safe_load(text.replace("warm_start_steps: 6", "warm_start_steps: -1")), path="<space>", name="ws"
+        )
