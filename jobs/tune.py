@@ -12,7 +12,8 @@
 
 Shipped spaces (dad_ray/tune/spaces/): default (warm start + 4 trials), smoke, loss_weights, loss_weights_gpu (GPU
 workers, NYU shards, DAv2-L -> ViT-S), crop_sizes, ablation, paper_ablation (the paper's Tables 1 and 2:
-python jobs/analyze.py <experiment> --layout paper), asha_cpu (18 trials, 3 ASHA rungs: jobs/benchmark.py tune). --output and --resume take a local directory or a URI (s3://...).
+python jobs/analyze.py <experiment> --layout paper), asha_cpu (18 trials, 3 ASHA rungs: jobs/benchmark.py tune).
+--output and --resume take a local directory or a URI (s3://...).
 
 Results: <output>/<experiment>/ (Tune state, trials/<id>/ runs with TensorBoard + HParams). Then:
     tensorboard --logdir <output>/<experiment>
