@@ -193,7 +193,7 @@ class DistillWorker:
     exactly: build (model initialisation) → resume (restores the RNG) → start (the ``batch_size=auto`` probe).
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str, tb_dir: str | None, checkpoints_dir: str = "") -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str, tb_dir: str | None, checkpoints_dir: str) -> None:
         self.cfg, self.run_dir, self.tb_dir = cfg, run_dir, tb_dir
         self.checkpoints_dir = checkpoints_dir  # Ray Train's run directory: where resume checks the data position
         ctx = ray.train.get_context()
