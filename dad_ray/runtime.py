@@ -150,20 +150,6 @@ def init_ray(
     return True
 
 
-def usable_cpus() -> float:
-    """CPUs that work can really use in the connected cluster: its CPU count, but a one-node cluster on this machine
-    counts at most this machine's cores. (A local Ray declares at least :data:`LOCAL_MIN_CPUS` logical CPUs, so that
-    Ray Data's listing step stays schedulable; sizing concurrency by them only slows everything down: two Tune trials
-    at once on 2 cores took 93 s for what one after the other took 78 s.)"""
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) == 1 and nodes[0]["NodeManagerAddress"] == ray.util.get_node_ip_address():
-        cpus = min(cpus, float(os.cpu_count() or 1))
-    return cpus
-
-
 @contextlib.contextmanager
 def ray_session(num_cpus: int | None = None, **kwargs: Any) -> Iterator[None]:
     """:func:`init_ray` for the duration of a block; shuts Ray down afterwards only if this block started it."""

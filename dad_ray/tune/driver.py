@@ -27,7 +27,7 @@ from ray import tune
 
 from dad_ray.config import ConfigError, ExperimentConfig, config_to_yaml, get_dotted, to_dict, with_absolute_paths
 from dad_ray.data import storage
-from dad_ray.runtime import init_ray, usable_cpus
+from dad_ray.runtime import init_ray
 from dad_ray.tune.hparams import HParamsCallback
 from dad_ray.tune.space import SearchSpace, parse_space
 
@@ -77,14 +77,14 @@ def run_trial(config: dict[str, Any], space: SearchSpace, exp_dir: str) -> None:
 
 
 def default_concurrency(space: SearchSpace, cfg: ExperimentConfig) -> int:
-    """Cluster GPUs ÷ GPUs per trial; on CPU, how many trials' workers + data tasks fit beside one free CPU, counting
-    a one-node cluster on this machine by its cores (:func:`~dad_ray.runtime.usable_cpus`)."""
+    """Cluster GPUs ÷ GPUs per trial; on CPU, how many trials' workers + data tasks fit beside one free CPU."""
     import ray
 
+    resources = ray.cluster_resources()
     if space.gpus_per_trial > 0:
-        return max(1, int(ray.cluster_resources().get("GPU", 0) // space.gpus_per_trial))
+        return max(1, int(resources.get("GPU", 0) // space.gpus_per_trial))
     per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.data_cpus
-    return max(1, int((usable_cpus() - 1) // per_trial))
+    return max(1, int((resources.get("CPU", 1) - 1) // per_trial))
 
 
 def save_config_to(cfg: ExperimentConfig, path: str) -> None:

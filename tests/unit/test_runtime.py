@@ -75,27 +75,3 @@ def test_ray_is_started_and_tweaked_in_one_module_only():
     found = [hit for f in files if f.name != "runtime.py" for hit in _calls(f)]
     assert found == [], f"Ray started or tweaked outside dad_ray/runtime.py: {found}"
     assert _calls(REPO / "dad_ray" / "runtime.py"), "the check sees nothing in runtime.py: it is broken"
-
-
-def test_usable_cpus_counts_a_local_one_node_cluster_by_its_cores(monkeypatch):
-    """Trial concurrency on CPU is sized by what the cores can run: a one-node cluster on this machine (a local Ray
-    declares at least LOCAL_MIN_CPUS logical CPUs) by the cores, any other cluster by its CPU resources."""
-    import ray
-
-    from dad_ray.config import build_config
-    from dad_ray.tune.driver import default_concurrency
-    from dad_ray.tune.space import load_space
-
-    here = "10.0.0.5"
-    nodes = [{"Alive": True, "NodeManagerAddress": here}]
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
-    monkeypatch.setattr(ray, "nodes", lambda: nodes)
-    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: here)
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
-    assert runtime.usable_cpus() == 2.0
-    space = load_space("default")
-    cfg = build_config("default")  # 1 worker x 1 CPU + 0.5 data CPUs per trial
-    assert default_concurrency(space, cfg) == 1  # (2 cores - 1 free) // 1.5, at least 1
-    nodes.append({"Alive": True, "NodeManagerAddress": "10.0.0.6"})  # a real cluster: its CPU resources count
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
-    assert runtime.usable_cpus() == 16.0 and default_concurrency(space, cfg) == 10
