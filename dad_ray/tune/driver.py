@@ -150,8 +150,9 @@ def warm_start(space: SearchSpace, exp_dir: str) -> SearchSpace:
     if space.warm_start_steps == 0:
         return space
     from dad_ray.train import copy_student, fit
+    from dad_ray.train.checkpoint import STUDENT_FILE
 
-    dest = storage.join(exp_dir, WARM_START_DIR, "student.safetensors")
+    dest = storage.join(exp_dir, WARM_START_DIR, STUDENT_FILE)
     if not storage.is_file(dest):
         cfg, steps = space.base, space.warm_start_steps
         run = replace(
