@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 from dad_ray.config.schema import LossConfig
 from dad_ray.losses.normalize import Normalization, context_ids, levels_of, normalize, normalize_contexts
+
+
+def roi_align(*args, **kwargs) -> torch.Tensor:
+    """``torchvision.ops.roi_align``, imported on first use: importing torchvision imports ``torch._dynamo`` (~1.5 s
+    per cold process on 2 cores), which the processes that only reference the losses (the metrics of a Tune trial,
+    the Ray Train controller) never need."""
+    from torchvision.ops import roi_align as _roi_align
+
+    return _roi_align(*args, **kwargs)
 
 
 def _check_maps(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> None:

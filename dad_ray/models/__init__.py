@@ -1,32 +1,43 @@
 """Depth Anything V2 models (DINOv2 on timm + DPT head), students on any timm backbone, the registry,
-official-checkpoint I/O and inference."""
+official-checkpoint I/O and inference.
 
-from dad_ray.models.depth_anything import DepthAnythingV2
-from dad_ray.models.inference import DepthPredictor, network_input_size, predict_disparity
-from dad_ray.models.registry import create_model, get_spec, is_model, list_models, list_zoo
-from dad_ray.models.spec import ENCODERS, PATCH_SIZE, ModelSpec
-from dad_ray.models.timm_student import ZOO, PretrainedNotCachedError, TimmDepthModel
-from dad_ray.models.weights import LoadReport, WeightsError, load_weights, read_state_dict, save_weights
+Imported lazily (each name from its submodule on first use): checkpoint I/O (``load_weights``, ``save_weights``) does
+not import timm, and timm imports torchvision and ``torch._dynamo`` (~1.5 s per cold process on 2 cores). The
+processes of a run that never build a model (a Tune trial, the Ray Train controller) stay free of them.
+"""
 
-__all__ = [
-    "DepthAnythingV2",
-    "DepthPredictor",
-    "ENCODERS",
-    "LoadReport",
-    "ModelSpec",
-    "PATCH_SIZE",
-    "PretrainedNotCachedError",
-    "TimmDepthModel",
-    "WeightsError",
-    "ZOO",
-    "create_model",
-    "get_spec",
-    "is_model",
-    "list_models",
-    "list_zoo",
-    "load_weights",
-    "network_input_size",
-    "predict_disparity",
-    "read_state_dict",
-    "save_weights",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_API = {
+    "DepthAnythingV2": "depth_anything",
+    "DepthPredictor": "inference",
+    "network_input_size": "inference",
+    "predict_disparity": "inference",
+    "create_model": "registry",
+    "get_spec": "registry",
+    "is_model": "registry",
+    "list_models": "registry",
+    "list_zoo": "registry",
+    "ENCODERS": "spec",
+    "PATCH_SIZE": "spec",
+    "ModelSpec": "spec",
+    "ZOO": "timm_student",
+    "PretrainedNotCachedError": "timm_student",
+    "TimmDepthModel": "timm_student",
+    "LoadReport": "weights",
+    "WeightsError": "weights",
+    "load_weights": "weights",
+    "read_state_dict": "weights",
+    "save_weights": "weights",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f"dad_ray.models.{_API[name]}"), name)
+    raise AttributeError(f"module 'dad_ray.models' has no attribute {name!r}")

@@ -21,10 +21,18 @@ from ray.train.torch import TorchTrainer
 from dad_ray.config import DataConfig, ExperimentConfig, absolute_path, to_dict, with_absolute_paths
 from dad_ray.data import eval_dataset, ingest_options, storage, train_dataset
 from dad_ray.train.checkpoint import STUDENT_FILE, latest_data_position
-from dad_ray.train.teacher_stage import add_teacher_stage
-from dad_ray.train.worker import train_loop_per_worker
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """:func:`dad_ray.train.worker.train_loop_per_worker`, imported when a worker runs it. The ``TorchTrainer`` is
+    pickled with a reference to this function; the processes that only pass it on (the Tune trial that builds the
+    trainer, the Ray Train controller) then never import the worker's models (timm → torchvision, ~1.5 s of every
+    trial's start-up on 2 cores, measured in ``.notes/issue-16-cpu.md``)."""
+    from dad_ray.train.worker import train_loop_per_worker as loop
+
+    loop(config)
 
 
 def run_dir(cfg: ExperimentConfig) -> str:
@@ -50,7 +58,11 @@ class ResumedTrainData:
         position = latest_data_position(self.checkpoints)
         first = position["epoch"] if position else 0
         ds = train_dataset(self.data, seed=self.seed, first_epoch=first, teacher_columns=self.teacher_columns)
-        return add_teacher_stage(ds, self.stage) if self.stage is not None else ds
+        if self.stage is None:
+            return ds
+        from dad_ray.train.teacher_stage import add_teacher_stage  # the teachers' models: timm, only in this mode
+
+        return add_teacher_stage(ds, self.stage)
 
 
 def precomputed_teachers(cfg: ExperimentConfig) -> tuple[tuple[int, str], ...]:
