@@ -224,6 +224,51 @@ def rungs(report: ExperimentReport) -> list[int]:
     return out
 
 
+def focus_range(values: list[float], mode: str, quantile: float = 0.9) -> tuple[float, float]:
+    """Y-limits that show where the trials differ: from the best value to the ``quantile`` of the others on the
+    worse side (``mode`` "min": the upper side), padded by 5 %. One diverged trial (AbsRel 2.6 beside 0.20) would
+    otherwise flatten every other curve into a line; the points outside are drawn at the edge (see :func:`_draw`).
+    Values that are not finite are ignored; (0, 1) when none is."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return 0.0, 1.0
+    if mode == "max":
+        finite = [-v for v in reversed(finite)]
+    lo = finite[0]
+    hi = finite[min(len(finite) - 1, math.ceil(quantile * (len(finite) - 1)))]
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * abs(lo) or 0.05
+    lo, hi = lo - pad, hi + pad
+    return (lo, hi) if mode != "max" else (-hi, -lo)
+
+
+def _on_the_edge(ax, xs: list, ys: list[float], limits: tuple[float, float], colors: list) -> int:
+    """Draw the points beyond ``limits`` (lo, hi) as triangles on the edge they left by; returns how many."""
+    lo, hi = limits
+    count = 0
+    for edge, marker, beyond in ((hi, "^", lambda y: y > hi), (lo, "v", lambda y: y < lo)):
+        points = [(x, c) for x, y, c in zip(xs, ys, colors) if beyond(y)]
+        count += len(points)
+        if points:
+            ax.scatter(
+                [x for x, _ in points], [edge] * len(points), marker=marker, c=[c for _, c in points], clip_on=False
+            )
+    return count
+
+
+def _note_outside(ax, count: int) -> None:
+    if count:
+        ax.text(
+            0.99,
+            0.01,
+            f"{count} outside the range: triangles on the edge",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="grey",
+        )
+
+
 def plot(report: ExperimentReport, out_dir: str | os.PathLike | None = None) -> list[str]:
     """PNG plots: the metric vs each hyper-parameter, and every trial's validation curve with ASHA's rungs, in
     ``out_dir`` (default ``<experiment>/plots``; a URI gets them uploaded). Returns their paths (or URIs)."""
@@ -255,7 +300,11 @@ def _draw(report: ExperimentReport, out_dir: Path) -> list[Path]:
             xs = [cats.index(str(x)) for x in xs]
             ax.set_xticks(range(len(cats)), cats)
         colors = ["tab:red" if t.stopped_early else "tab:blue" for t in done]
-        ax.scatter(xs, [t.best for t in done], c=colors)
+        ys = [t.best for t in done]
+        lo, hi = focus_range(ys, report.space.mode)
+        ax.scatter(xs, ys, c=colors)
+        _note_outside(ax, _on_the_edge(ax, xs, ys, (lo, hi), colors))
+        ax.set_ylim(lo, hi)
         if numeric and key.endswith("lr") or (numeric and xs and min(xs) > 0 and max(xs) / min(xs) > 50):
             ax.set_xscale("log")
         ax.set_xlabel(key)
@@ -269,18 +318,18 @@ def _draw(report: ExperimentReport, out_dir: Path) -> list[Path]:
 
     time_attr = report.space.scheduler.time_attr if report.space.scheduler else "step"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for t in report.trials:
-        if t.history:
-            ax.plot(
-                [h[time_attr] for h in t.history],
-                [h["metric"] for h in t.history],
-                marker="o",
-                linestyle="--" if t.stopped_early else "-",
-                label=t.trial_id,
-            )
+    curves = [t for t in report.trials if t.history]
+    lo, hi = focus_range([h["metric"] for t in curves for h in t.history], report.space.mode)
+    outside = 0
+    for t in curves:
+        xs, ys = [h[time_attr] for h in t.history], [h["metric"] for h in t.history]
+        (line,) = ax.plot(xs, ys, marker="o", linestyle="--" if t.stopped_early else "-", label=t.trial_id)
+        outside += _on_the_edge(ax, xs, ys, (lo, hi), [line.get_color()] * len(xs))
+    ax.set_ylim(lo, hi)
     for r in rungs(report):
         ax.axvline(r, color="grey", linestyle=":", linewidth=1)
-        ax.text(r, ax.get_ylim()[1], f" rung {r}", va="top", fontsize=7, color="grey")
+        ax.text(r, hi, f" rung {r}", va="top", fontsize=7, color="grey")
+    _note_outside(ax, outside)
     ax.set_xlabel(time_attr)
     ax.set_ylabel(metric)
     ax.set_title("validation curves (dashed: stopped by ASHA; dotted lines: ASHA rungs)", fontsize=9)
