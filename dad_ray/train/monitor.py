@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,9 +166,9 @@ class Journal:
     micro-batch on rank 0), ``teachers`` (distillation: the index of the step's teacher on every rank, in rank
     order), wall time when the step was issued — and one
     ``{"attempt_start": step, "node_ids": [...]}`` line each time a worker group starts (fresh or resumed), with the
-    Ray node of every rank, and a ``{"checkpoint": step}`` line once a checkpoint is committed. A run's history of
-    restarts and placements can be read back from it, and tests use it to prove a resumed run neither repeats nor
-    skips a step.
+    Ray node of every rank and the start-up timestamps (:mod:`dad_ray.train.startup`), and a
+    ``{"checkpoint": step}`` line once a checkpoint is committed. A run's history of restarts and placements can be
+    read back from it, and tests use it to prove a resumed run neither repeats nor skips a step.
 
     ``path`` may be a URI: the journal is then appended to a local copy of the existing one and uploaded at every
     :meth:`sync` (each validation) and at :meth:`close`.
@@ -177,7 +178,13 @@ class Journal:
     transfer: a GPU step never waits for the host. A crash loses at most the lines since the last flush, steps that
     the restart from the last checkpoint redoes anyway."""
 
-    def __init__(self, path: str | Path | None, attempt_start: int, node_ids: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None,
+        attempt_start: int,
+        node_ids: list[str] | None = None,
+        startup: dict[str, Any] | None = None,
+    ) -> None:
         self._file = None
         self._remote = None
         if path is not None:
@@ -190,6 +197,8 @@ class Journal:
             self._path = path
             self._file = open(path, "a", buffering=1)  # noqa: SIM115 - line-buffered for the whole run
             start = {"attempt_start": attempt_start, "node_ids": node_ids or [], "time": time.time()}
+            if startup is not None:
+                start["startup"] = startup  # dad_ray.train.startup: where the start-up went
             self._file.write(json.dumps(start) + "\n")
         self._pending: list[tuple[int, int, float | torch.Tensor, int | None, float]] = []
 

@@ -21,6 +21,7 @@ from ray.train.torch import TorchTrainer
 from dad_ray.config import DataConfig, ExperimentConfig, absolute_path, to_dict, with_absolute_paths
 from dad_ray.data import eval_dataset, ingest_options, storage, train_dataset
 from dad_ray.train.checkpoint import STUDENT_FILE, latest_data_position
+from dad_ray.train.startup import launch_stamp
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -103,6 +104,7 @@ def build_trainer(cfg: ExperimentConfig, *, callbacks: tuple = (), storage_path:
             "run_dir": directory,
             "tensorboard_dir": storage.join(directory, "tensorboard"),
             "checkpoints_dir": storage.join(ray_storage, CHECKPOINT_DIR),
+            "launch": launch_stamp(),  # dad_ray.train.startup: the first attempt's start-up, phase by phase
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,

@@ -42,6 +42,7 @@ from dad_ray.train.checkpoint import (
 )
 from dad_ray.train.monitor import JOURNAL_FILE, Journal, Monitor, scale_stats
 from dad_ray.train.schedule import build_optimizer, group_lrs
+from dad_ray.train.startup import worker_stamp
 from dad_ray.train.step import MicroStep, TrainStep, autocast_context, build_teachers, compile_student
 from dad_ray.train.task import build_student, build_task
 
@@ -193,7 +194,15 @@ class DistillWorker:
     exactly: build (model initialisation) → resume (restores the RNG) → start (the ``batch_size=auto`` probe).
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str, tb_dir: str | None, checkpoints_dir: str) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: str,
+        tb_dir: str | None,
+        checkpoints_dir: str,
+        launch: dict[str, Any] | None = None,
+    ) -> None:
+        self.startup = worker_stamp(launch, loop=time.time())  # the journal's start-up record (rank 0 writes it)
         self.cfg, self.run_dir, self.tb_dir = cfg, run_dir, tb_dir
         self.checkpoints_dir = checkpoints_dir  # Ray Train's run directory: where resume checks the data position
         ctx = ray.train.get_context()
@@ -222,7 +231,9 @@ class DistillWorker:
     def build(cls, config: dict[str, Any]) -> DistillWorker:
         """From the trainer's ``train_loop_config`` (plain dicts, as Ray hands it over)."""
         cfg: ExperimentConfig = from_dict(ExperimentConfig, config["experiment"])
-        return cls(cfg, config["run_dir"], config.get("tensorboard_dir"), config["checkpoints_dir"])
+        return cls(
+            cfg, config["run_dir"], config.get("tensorboard_dir"), config["checkpoints_dir"], config.get("launch")
+        )
 
     def resume(self, checkpoint: ray.train.Checkpoint | None) -> None:
         """Restore the checkpointed parts, counters and this rank's RNG (no-op without a checkpoint)."""
@@ -260,7 +271,7 @@ class DistillWorker:
         self.monitor = Monitor(self.tb_dir, self.rank, self.cfg.optim.max_steps, self.state.step)
         node_ids = gather_node_ids()  # every rank takes part in the gather
         journal_path = storage.join(self.run_dir, JOURNAL_FILE) if self.rank == 0 else None
-        self.journal = Journal(journal_path, self.state.step, node_ids)
+        self.journal = Journal(journal_path, self.state.step, node_ids, startup=self.startup)
         self.shard = ray.train.get_dataset_shard("train")
 
     def epoch_batches(self) -> Iterator[dict[str, torch.Tensor]]:

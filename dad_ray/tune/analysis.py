@@ -18,6 +18,8 @@ import yaml
 
 from dad_ray.config import ExperimentConfig, from_dict, get_dotted, to_dict
 from dad_ray.data import storage
+from dad_ray.train.monitor import JOURNAL_FILE
+from dad_ray.train.startup import PHASES, startup_phases
 from dad_ray.tune.driver import TRIALS_DIR, load_experiment_space, save_config_to
 from dad_ray.tune.space import SearchSpace
 
@@ -38,6 +40,7 @@ class TrialSummary:
     error: str = ""
     history: list[dict[str, float]] = field(default_factory=list)  # {step, val_round, metric}
     variant: str = ""  # the variant it ran (its name, or "variant <i>"); "" when the space has none
+    startup: dict[str, float] = field(default_factory=dict)  # seconds per phase (dad_ray.train.startup), if known
 
     @property
     def final(self) -> float:
@@ -152,12 +155,40 @@ def analyze(exp_dir: str | os.PathLike) -> ExperimentReport:
                 error=state["error"],
                 history=history,
                 variant=space.variant_name(state["config"]),
+                startup=_trial_startup(exp_dir, trial_id),
             )
         )
     trials.sort(key=lambda t: (math.isnan(t.best), sign * t.best if not math.isnan(t.best) else 0.0, t.trial_id))
     spent = sum(t.steps for t in trials)
     full = len(trials) * (max_t * steps_per_time if max_t else base.optim.max_steps)
     return ExperimentReport(exp_dir=exp_dir, space=space, trials=trials, steps_spent=spent, steps_full=full)
+
+
+def _trial_startup(exp_dir: str, trial_id: str) -> dict[str, float]:
+    """The phases of the trial's start-up from its run's journal; empty when it has none (never started, or a run
+    from before the journal kept them)."""
+    path = storage.join(exp_dir, TRIALS_DIR, trial_id, JOURNAL_FILE)
+    if not storage.is_file(path):
+        return {}
+    lines = [json.loads(line) for line in storage.read_path(path).splitlines() if line.strip()]
+    return startup_phases(lines) or {}
+
+
+def startup_summary(trials: list[TrialSummary]) -> str | None:
+    """One line: the median over the trials of each start-up phase and of the total to the first step."""
+    known = [t.startup for t in trials if "total" in t.startup]
+    if not known:
+        return None
+
+    def median(name: str) -> float | None:
+        values = sorted(p[name] for p in known if name in p)
+        if not values:
+            return None
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    parts = [f"{name} {m:.1f} s" for name, _, _ in PHASES if (m := median(name)) is not None]
+    return f"start-up to the first step, median of {len(known)} trials: {median('total'):.1f} s ({', '.join(parts)})"
 
 
 def write_best_config(report: ExperimentReport) -> str | None:
@@ -210,6 +241,8 @@ def format_table(report: ExperimentReport) -> str:
         f"({100 * report.efficiency:.1f} %); {sum(t.stopped_early for t in report.trials)} stopped early by ASHA, "
         f"{sum(t.status == 'ERROR' for t in report.trials)} failed"
     )
+    if (startup := startup_summary(report.trials)) is not None:
+        lines.append(startup)
     return "\n".join(lines)
 
 

@@ -136,6 +136,13 @@ def test_all_trials_ran_and_asha_stopped_one_early(experiment):
     assert finished and all(t.steps == MAX_T for t in finished)
     assert report.steps_spent < report.steps_full
     assert report.best is not None and report.best.status == "TERMINATED"
+    # each trial's start-up, phase by phase, from its journal (dad_ray.train.startup); one machine, one clock
+    timed = [t.startup for t in report.trials if t.startup]
+    assert len(timed) >= 2
+    for phases in timed:
+        parts = {k: v for k, v in phases.items() if k != "total"}
+        assert len(parts) == 5 and all(v >= 0 for v in parts.values())
+        assert phases["total"] == pytest.approx(sum(parts.values()))
 
 
 def test_failed_trial_is_recorded_and_did_not_stop_the_experiment(experiment):
@@ -221,6 +228,7 @@ def test_analyze_job_table_and_plots(experiment):
     )
     assert run.returncode == 0, run.stderr
     assert "stopped by ASHA" in run.stdout and "ERROR" in run.stdout and "search efficiency" in run.stdout
+    assert "start-up to the first step, median of" in run.stdout
     plots = experiment["exp_dir"] / "plots"
     names = {p.name for p in plots.glob("*.png")}
     assert {"validation_curves.png", "metric_vs_optim_lr.png"} <= names
