@@ -8,8 +8,7 @@ processes of a run that never build a model (a Tune trial, the Ray Train control
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dad_ray.lazy import lazy_exports
 
 _API = {
     "DepthAnythingV2": "depth_anything",
@@ -37,7 +36,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(f"dad_ray.models.{_API[name]}"), name)
-    raise AttributeError(f"module 'dad_ray.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)

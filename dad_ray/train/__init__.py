@@ -6,8 +6,7 @@ The driver API is imported lazily so that light modules (``schedule``, ``autobat
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dad_ray.lazy import lazy_exports
 
 # public name -> the module of dad_ray.train that defines it
 _API = {
@@ -25,7 +24,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(importlib.import_module(f"dad_ray.train.{_API[name]}"), name)
-    raise AttributeError(f"module 'dad_ray.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)
