@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dad_ray.data.storage import download_file, is_uri, upload_file, upload_tree
+from dad_ray.data.storage import download_file, is_uri, read_path, upload_file, upload_tree
 from dad_ray.viz import colorize, make_grid
 
 logger = logging.getLogger(__name__)
@@ -247,4 +247,5 @@ class Journal:
 
 
 def read_journal(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The journal's lines, from a local path or a URI."""
+    return [json.loads(line) for line in read_path(str(path)).splitlines() if line.strip()]

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from dad_ray.config import ExperimentConfig, from_dict, get_dotted, to_dict
 from dad_ray.data import storage
-from dad_ray.train.monitor import JOURNAL_FILE
+from dad_ray.train.monitor import JOURNAL_FILE, read_journal
 from dad_ray.train.startup import PHASES, startup_phases
 from dad_ray.tune.driver import TRIALS_DIR, load_experiment_space, save_config_to
 from dad_ray.tune.space import SearchSpace
@@ -170,8 +171,7 @@ def _trial_startup(exp_dir: str, trial_id: str) -> dict[str, float]:
     path = storage.join(exp_dir, TRIALS_DIR, trial_id, JOURNAL_FILE)
     if not storage.is_file(path):
         return {}
-    lines = [json.loads(line) for line in storage.read_path(path).splitlines() if line.strip()]
-    return startup_phases(lines) or {}
+    return startup_phases(read_journal(path)) or {}
 
 
 def startup_summary(trials: list[TrialSummary]) -> str | None:
@@ -179,16 +179,10 @@ def startup_summary(trials: list[TrialSummary]) -> str | None:
     known = [t.startup for t in trials if "total" in t.startup]
     if not known:
         return None
-
-    def median(name: str) -> float | None:
-        values = sorted(p[name] for p in known if name in p)
-        if not values:
-            return None
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-    parts = [f"{name} {m:.1f} s" for name, _, _ in PHASES if (m := median(name)) is not None]
-    return f"start-up to the first step, median of {len(known)} trials: {median('total'):.1f} s ({', '.join(parts)})"
+    names = [name for name, _, _ in PHASES]
+    medians = {n: statistics.median(v) for n in [*names, "total"] if (v := [p[n] for p in known if n in p])}
+    parts = [f"{n} {medians[n]:.1f} s" for n in names if n in medians]
+    return f"start-up to the first step, median of {len(known)} trials: {medians['total']:.1f} s ({', '.join(parts)})"
 
 
 def write_best_config(report: ExperimentReport) -> str | None:
